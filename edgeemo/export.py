@@ -43,6 +43,8 @@ def gguf_info(path: Path) -> dict:
 
     arch = value("general.architecture")
     return {"architecture": arch,
+            "add_bos": value("tokenizer.ggml.add_bos_token"),
+            "bos_token_id": value("tokenizer.ggml.bos_token_id"),
             "n_layer": value(f"{arch}.block_count"),
             "n_embd": value(f"{arch}.embedding_length"),
             "name": value("general.name")}
@@ -169,8 +171,11 @@ def export_fp32(model: Model, info: dict, sha: str, out: Path, say) -> None:
         "source_sha256": sha,
         "source_file": model.path.name,
         "precision": "fp32",
-        "bos_token_id": tokenizer.bos_token_id,
-        "add_bos": bool(getattr(tokenizer, "add_bos_token", False)),
+        # tokenize as llama.cpp does: it prepends BOS only if the GGUF says so
+        "bos_token_id": info["bos_token_id"] if info["bos_token_id"] is not None
+        else tokenizer.bos_token_id,
+        "add_bos": bool(info["add_bos"]) if info["add_bos"] is not None
+        else bool(getattr(tokenizer, "add_bos_token", False)),
         "chat_template": bool(getattr(tokenizer, "chat_template", None)),
         "onnx_bytes": onnx_size(out),
         "seconds": {"load": round(loaded - started, 1),

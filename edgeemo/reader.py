@@ -40,7 +40,11 @@ class HiddenStateReader:
         self.input_names = {i.name for i in self.session.get_inputs()}
 
     def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+        """Token ids as llama.cpp makes them for the same GGUF (BOS only if the GGUF asks)."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if self.manifest.get("add_bos") and self.manifest.get("bos_token_id") is not None:
+            ids = [self.manifest["bos_token_id"]] + ids
+        return ids
 
     def read(self, items: Iterable[str | Sequence[int]], layers: Sequence[int], *,
              batch_size: int = 8) -> Iterator[np.ndarray]:

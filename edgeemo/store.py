@@ -74,6 +74,7 @@ def atomic_path(final: Path | str, *, directory: bool = False):
         final.parent.mkdir(parents=True, exist_ok=True)
         if directory:
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+            os.chmod(tmp, 0o777 & ~current_umask())
         else:
             fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
             os.close(fd)

@@ -41,3 +41,28 @@ def default_gguf() -> Path:
 @pytest.fixture(scope="session")
 def gemma_gguf() -> Path:
     return _pulled("gemma3-270m")
+
+
+def _exported(name: str, precision: str = "fp32") -> Path:
+    from edgeemo import export, models
+
+    os.environ["EDGEEMO_HOME"] = str(TEST_STORE)
+    return export.export_model(models.ensure(name), precision)
+
+
+@pytest.fixture(scope="session")
+def default_export(default_gguf) -> Path:
+    """The default model's fp32 ONNX export directory (exported on first use, ~1–2 min)."""
+    return _exported("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def gemma_export(gemma_gguf) -> Path:
+    return _exported("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def default_reader(default_export):
+    from edgeemo.reader import HiddenStateReader
+
+    return HiddenStateReader(default_export)

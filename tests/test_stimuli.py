@@ -1,0 +1,330 @@
+"""Fast checks of the emotion vocabulary and the shipped stimuli (no model needed)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from edgeemo import stimuli
+from edgeemo.emotions import (ALIASES, AROUSAL, EMOTIONS, NEUTRAL, VALENCE, canonical,
+                              parse_mix)
+from edgeemo.errors import EdgeemoError, UnknownEmotion
+from edgeemo.stimuli import StimuliError
+
+# Words a vignette must not contain for its own emotion: the name, its aliases and the obvious
+# word forms. A vignette has to show the emotion, not say it.
+FORBIDDEN = {
+    "happy": ["happy", "happily", "happiness", "joy", "joyful", "joyous", "glad", "gladly",
+              "cheerful", "cheerfully"],
+    "sad": ["sad", "sadly", "sadness", "unhappy", "sorrow", "sorrowful"],
+    "calm": ["calm", "calmly", "calmness", "serene", "serenity", "peaceful", "peacefully"],
+    "desperate": ["desperate", "desperately", "desperation"],
+    "afraid": ["afraid", "fear", "feared", "fearful", "scared", "frightened", "terrified",
+               "terror"],
+    "angry": ["angry", "angrily", "anger", "mad", "furious", "furiously", "fury", "rage"],
+    "proud": ["proud", "proudly", "pride"],
+    "guilty": ["guilty", "guilt"],
+    "nervous": ["nervous", "nervously", "nervousness"],
+    "hopeful": ["hopeful", "hopefully", "hope", "hoped", "hopes", "hoping"],
+    "brooding": ["brooding", "brood", "brooded", "broods"],
+    "gloomy": ["gloomy", "gloom"],
+    "reflective": ["reflective", "reflection", "reflect", "reflected", "pensive", "thoughtful"],
+    "enthusiastic": ["enthusiastic", "enthusiasm", "excited", "excitement", "exciting"],
+    "hostile": ["hostile", "hostility"],
+    "loving": ["loving", "lovingly", "love", "loved", "loves", "affection", "affectionate"],
+    "exasperated": ["exasperated", "exasperation", "exasperating", "frustrated", "frustration"],
+    "blissful": ["blissful", "bliss", "ecstatic"],
+    "anxious": ["anxious", "anxiously", "anxiety", "worry", "worried", "worrying", "worries"],
+    "grateful": ["grateful", "gratitude", "thankful", "thanks", "thank", "thanked"],
+}
+
+
+def _words_pattern(words):
+    return re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b", re.IGNORECASE)
+
+
+def test_forbidden_map_covers_every_emotion_and_its_aliases():
+    assert set(FORBIDDEN) == set(EMOTIONS)
+    for alias, target in ALIASES.items():
+        if target != NEUTRAL:
+            assert alias in FORBIDDEN[target], alias
+
+
+def test_vocabulary_tables_are_complete():
+    assert len(EMOTIONS) == 20 and len(set(EMOTIONS)) == 20
+    assert NEUTRAL not in EMOTIONS
+    for emotion in EMOTIONS:
+        assert -1.0 <= VALENCE[emotion] <= 1.0
+        assert 0.0 <= AROUSAL[emotion] <= 1.0
+    assert all(target in EMOTIONS or target == NEUTRAL for target in ALIASES.values())
+
+
+# --- shipped data ---------------------------------------------------------------------------
+
+def test_comprehension_counts():
+    data = stimuli.comprehension()
+    for emotion in EMOTIONS:
+        assert len(data[emotion]) >= 14, emotion
+    assert len(data[NEUTRAL]) >= 60
+    assert set(data) == set(EMOTIONS) | {NEUTRAL}
+
+
+def test_comprehension_subset_always_has_neutral():
+    data = stimuli.comprehension(["fear", "calm"])
+    assert list(data) == ["afraid", "calm", NEUTRAL]
+    assert all(data.values())
+
+
+def test_generation_templates():
+    generic = stimuli.generation_prompts("nostalgic")
+    assert len(generic) >= 8
+    for emotion in EMOTIONS:
+        prompts = stimuli.generation_prompts(emotion)
+        assert len(prompts) - len(generic) >= 3, emotion
+        assert all("{emotion}" not in p for p in prompts)
+        assert sum(emotion in p for p in prompts) == len(prompts)
+    assert len(stimuli.neutral_topics()) >= 30
+
+
+def test_generation_prompts_accept_aliases():
+    assert stimuli.generation_prompts("fear") == stimuli.generation_prompts("afraid")
+
+
+def test_heldout_and_facts_counts():
+    data = stimuli.heldout()
+    for emotion in EMOTIONS:
+        assert len(data[emotion]) >= 5, emotion
+    assert len(stimuli.neutral_facts()) >= 40
+
+
+def test_scenarios():
+    rows = stimuli.scenarios()
+    assert len(rows) >= 44
+    kinds = {row["kind"] for row in rows}
+    assert kinds == {"neutral", "opposite", "conversational", "story"}
+    for kind in kinds:
+        assert sum(row["kind"] == kind for row in rows) >= 10, kind
+    assert len({row["id"] for row in rows}) == len(rows)
+
+
+@pytest.mark.parametrize("source", ["comprehension", "heldout"])
+def test_vignettes_never_name_their_emotion(source):
+    data = getattr(stimuli, source)()
+    problems = []
+    for emotion in EMOTIONS:
+        pattern = _words_pattern(FORBIDDEN[emotion])
+        for text in data[emotion]:
+            hit = pattern.search(text)
+            if hit:
+                problems.append(f"{emotion}: {hit.group(0)!r} in {text[:60]!r}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("source", ["comprehension", "heldout"])
+def test_neutral_texts_use_no_emotion_words(source):
+    pattern = _words_pattern(sorted({w for words in FORBIDDEN.values() for w in words}))
+    texts = getattr(stimuli, source)()[NEUTRAL] + stimuli.neutral_facts()
+    problems = [f"{pattern.search(t).group(0)!r} in {t[:60]!r}" for t in texts if pattern.search(t)]
+    assert not problems, "\n".join(problems)
+
+
+def test_no_duplicate_texts():
+    comp = [t for texts in stimuli.comprehension().values() for t in texts]
+    held = [t for texts in stimuli.heldout().values() for t in texts]
+    norm = lambda t: " ".join(t.lower().split())  # noqa: E731
+    assert len(set(map(norm, comp))) == len(comp)
+    assert len(set(map(norm, held))) == len(held)
+    assert not set(map(norm, comp)) & set(map(norm, held))
+
+
+def test_vignette_lengths_vary():
+    lengths = [len(t.split()) for texts in stimuli.comprehension().values() for t in texts]
+    assert min(lengths) >= 8
+    assert max(lengths) <= 110
+    assert sum(n <= 25 for n in lengths) >= 20
+    assert sum(n >= 50 for n in lengths) >= 20
+
+
+# --- emotion names --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alias,expected", [
+    ("fear", "afraid"), ("scared", "afraid"), ("joy", "happy"), ("anger", "angry"),
+    ("sadness", "sad"), ("love", "loving"), ("gratitude", "grateful"), ("anxiety", "anxious"),
+    ("  Terrified ", "afraid"), ("ECSTATIC", "blissful"), ("frustrated", "exasperated"),
+    ("calm", "calm"),
+])
+def test_aliases(alias, expected):
+    assert canonical(alias) == expected
+
+
+def test_neutral_needs_permission():
+    assert canonical("None", allow_neutral=True) == NEUTRAL
+    with pytest.raises(UnknownEmotion):
+        canonical("neutral")
+
+
+def test_unknown_emotion_message():
+    with pytest.raises(UnknownEmotion) as info:
+        canonical("feer")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "'feer'" in message
+    assert "did you mean 'afraid'?" in message
+    assert "valid emotions: " + ", ".join(EMOTIONS) in message
+    assert "aliases such as" in message
+
+
+def test_unknown_emotion_suggests_canonical_for_alias_typo():
+    with pytest.raises(UnknownEmotion, match="did you mean 'grateful'"):
+        canonical("gratitdue")
+
+
+def test_custom_concepts():
+    assert canonical("Nostalgic", allow_custom=True) == "nostalgic"
+    assert canonical(" deja-vu_2 ", allow_custom=True) == "deja-vu_2"
+    assert canonical("fear", allow_custom=True) == "afraid"
+    for bad in ["", "   ", "x" * 41, "rm -rf /", "a;b", "{emotion}"]:
+        with pytest.raises(UnknownEmotion):
+            canonical(bad, allow_custom=True)
+    with pytest.raises(UnknownEmotion):
+        canonical("nostalgic")
+
+
+def test_custom_concept_gets_generic_prompts_only():
+    prompts = stimuli.generation_prompts("nostalgic")
+    assert prompts and all("nostalgic" in p for p in prompts)
+    assert len(prompts) < len(stimuli.generation_prompts("afraid"))
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("fear", {"afraid": None}),
+    ("fear:0.1", {"afraid": 0.1}),
+    ("fear:0.1,calm:0.05", {"afraid": 0.1, "calm": 0.05}),
+    (" fear : 0.1 ,  Calm:0.05 ", {"afraid": 0.1, "calm": 0.05}),
+    ("afraid:-0.05", {"afraid": -0.05}),
+    ("joy,anger:1e-2", {"happy": None, "angry": 0.01}),
+])
+def test_parse_mix(spec, expected):
+    assert parse_mix(spec) == expected
+
+
+@pytest.mark.parametrize("spec", [
+    "fear:nan", "fear:inf", "fear:-inf", "fear:abc", "fear:", ":0.1", "fear,,calm", "fear,",
+    "", "   ", "fear:0.1:2", "fear,scared", "afraid:0.1,fear:0.2",
+])
+def test_parse_mix_malformed(spec):
+    with pytest.raises(EdgeemoError) as info:
+        parse_mix(spec)
+    assert "\n" not in str(info.value)
+
+
+def test_parse_mix_unknown_name():
+    with pytest.raises(UnknownEmotion, match="did you mean 'afraid'"):
+        parse_mix("feer:0.1")
+    with pytest.raises(UnknownEmotion):
+        parse_mix("neutral:0.1")
+
+
+# --- user stimuli files ---------------------------------------------------------------------
+
+def _write(tmp_path, lines, name="my.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _row(emotion, text):
+    return json.dumps({"emotion": emotion, "text": text})
+
+
+GOOD = [
+    _row("fear", "The floor creaked behind her."),
+    _row("afraid", "He ran without looking back."),
+    "",
+    _row("nostalgic", "The old song came on the radio."),
+    _row("Nostalgic", "She found her school tie in a drawer."),
+    _row("neutral", "The bus leaves at nine."),
+    _row("none", "The table has four legs."),
+]
+
+
+def test_load_user_stimuli_ok(tmp_path):
+    data = stimuli.load_user_stimuli(_write(tmp_path, GOOD))
+    assert data == {
+        "afraid": ["The floor creaked behind her.", "He ran without looking back."],
+        "nostalgic": ["The old song came on the radio.", "She found her school tie in a drawer."],
+        NEUTRAL: ["The bus leaves at nine.", "The table has four legs."],
+    }
+
+
+def test_user_stimuli_bad_json_names_line(tmp_path):
+    lines = GOOD[:3] + ['{"emotion": "fear", "text": "unterminated}'] + GOOD[3:]
+    with pytest.raises(StimuliError) as info:
+        stimuli.load_user_stimuli(_write(tmp_path, lines))
+    message = str(info.value)
+    assert "my.jsonl:4:" in message and "invalid JSON" in message and "\n" not in message
+
+
+def test_user_stimuli_not_an_object(tmp_path):
+    with pytest.raises(StimuliError, match=r"my\.jsonl:2: expected a JSON object"):
+        stimuli.load_user_stimuli(_write(tmp_path, [GOOD[0], '["fear", "text"]']))
+
+
+def test_user_stimuli_missing_field_names_line(tmp_path):
+    lines = GOOD + [json.dumps({"emotion": "calm"})]
+    with pytest.raises(StimuliError) as info:
+        stimuli.load_user_stimuli(_write(tmp_path, lines))
+    message = str(info.value)
+    assert "my.jsonl:8:" in message and 'missing "text"' in message
+    assert '{"emotion": ..., "text": ...}' in message
+
+
+def test_user_stimuli_empty_text_names_line(tmp_path):
+    lines = [_row("fear", "   ")] + GOOD
+    with pytest.raises(StimuliError, match=r"my\.jsonl:1: \"text\" is empty"):
+        stimuli.load_user_stimuli(_write(tmp_path, lines))
+
+
+def test_user_stimuli_bad_emotion_names_line(tmp_path):
+    lines = GOOD[:2] + [_row("!!!", "text")]
+    with pytest.raises(StimuliError, match=r"my\.jsonl:3: unknown emotion"):
+        stimuli.load_user_stimuli(_write(tmp_path, lines))
+
+
+def test_user_stimuli_missing_neutral(tmp_path):
+    lines = [row for row in GOOD if "neutral" not in row and "none" not in row]
+    with pytest.raises(StimuliError) as info:
+        stimuli.load_user_stimuli(_write(tmp_path, lines))
+    assert "no neutral texts" in str(info.value)
+    assert '"emotion": "neutral"' in str(info.value)
+
+
+def test_user_stimuli_too_few_texts(tmp_path):
+    lines = GOOD + [_row("calm", "The lake was still.")]
+    with pytest.raises(StimuliError, match="only 1 text for 'calm'"):
+        stimuli.load_user_stimuli(_write(tmp_path, lines))
+    with pytest.raises(StimuliError, match="only 1 neutral text"):
+        stimuli.load_user_stimuli(_write(tmp_path, GOOD[:-1]))
+
+
+def test_user_stimuli_empty_or_missing_file(tmp_path):
+    with pytest.raises(StimuliError, match="empty"):
+        stimuli.load_user_stimuli(_write(tmp_path, ["", "  "]))
+    with pytest.raises(StimuliError, match="not found"):
+        stimuli.load_user_stimuli(tmp_path / "absent.jsonl")
+
+
+def test_load_jsonl_skips_blank_lines(tmp_path):
+    path = _write(tmp_path, ['{"a": 1}', "", "   ", '{"b": 2}'])
+    assert stimuli.load_jsonl(path) == [{"a": 1}, {"b": 2}]
+
+
+def test_stimuli_hash_is_stable_and_sensitive():
+    a = {"afraid": ["x", "y"], NEUTRAL: ["z"]}
+    b = {NEUTRAL: ["z"], "afraid": ["x", "y"]}
+    assert stimuli.stimuli_hash(a) == stimuli.stimuli_hash(b)
+    assert len(stimuli.stimuli_hash(a)) == 64
+    assert stimuli.stimuli_hash(a) != stimuli.stimuli_hash({"afraid": ["y", "x"], NEUTRAL: ["z"]})
+    assert stimuli.stimuli_hash(a, "v1") != stimuli.stimuli_hash(a, "v2")
