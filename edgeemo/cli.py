@@ -126,3 +126,231 @@ def export_model(model, precision, force):
     resolved = models.ensure(model, progress=progress)
     out = export.export_model(resolved, precision, force=force, progress=progress)
     click.echo(out)
+
+
+# --- emotion vectors ----------------------------------------------------------------------------
+
+def step_progress(label: str, done: int, total: int) -> None:
+    """Progress of long loops on stderr: a live line on a terminal, one line per step otherwise."""
+    if sys.stderr.isatty():
+        click.echo(f"\redgeemo: {label} {done}/{total}   ", err=True, nl=done == total)
+    elif done == total:
+        click.echo(f"edgeemo: {label} {done}/{total}", err=True)
+
+
+method_option = click.option("--method", type=click.Choice(["generation", "comprehension"]),
+                             default="generation", show_default=True,
+                             help="generation: the model writes stories and its own text is "
+                                  "read back; comprehension: it reads vignettes.")
+pooling_option = click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean",
+                              show_default=True, help="Mean over content tokens (sinks left "
+                                                      "out), or the last token.")
+seed_option = click.option("--seed", type=int, default=0, show_default=True,
+                           help="Seed for story sampling (same seed, same vector).")
+
+
+def load_activations(model, method, *, stimuli_file=None, concept=None, pooling="mean", seed=0,
+                     precision="fp32"):
+    from . import extract, stimuli
+
+    texts = stimuli.load_user_stimuli(stimuli_file) if stimuli_file else None
+    if concept is not None and texts is None:
+        texts = {concept: [], "neutral": []} if method == "generation" else None
+        if texts is None:
+            raise click.UsageError(f"'{concept}' is not one of the 20 emotions: comprehension "
+                                   f"needs its texts, give them with --stimuli FILE.jsonl")
+    return extract.activations(model, method, texts=texts, pooling=pooling, seed=seed,
+                               precision=precision, progress=step_progress, say=progress)
+
+
+def layer_table(report: dict) -> str:
+    lines = [f"{report['model']} · {report['method']} · chance {report['chance']:.2f}",
+             f"{'state':>5} {'depth':>6} {'accuracy':>9} {'cosine':>7} {'recentred':>9} "
+             f"{'fisher':>7} {'anisotropy':>10} {'norm':>7}"]
+    lo, hi = report["best_band"]
+    for i, k in enumerate(report["layers"]):
+        aniso = report.get("anisotropy", [float("nan")] * len(report["layers"]))[i]
+        mark = " *" if lo <= k <= hi else ""
+        lines.append(f"{k:>5} {report['depth'][i]:>6.2f} {report['accuracy'][i]:>9.3f} "
+                     f"{report['cosine'][i]:>7.3f} {report['cosine_recentred'][i]:>9.3f} "
+                     f"{report['fisher'][i]:>7.3f} {aniso:>10.3f} {report['residual_norm'][i]:>7.0f}{mark}")
+    lines.append(f"best band (*): hidden states {lo}-{hi} = llama.cpp layers {lo - 1}-{hi - 1}, "
+                 f"depth {report['best_band_depth'][0]:.2f}-{report['best_band_depth'][1]:.2f}")
+    return "\n".join(lines)
+
+
+def layers_report(model, method, pooling="mean", seed=0):
+    from . import analysis, extract, stimuli
+    from .export import export_model
+    from .reader import HiddenStateReader
+
+    acts = load_activations(model, method, pooling=pooling, seed=seed)
+    reader = HiddenStateReader(export_model(model, progress=progress))
+    facts, _ = extract.read_pooled(reader, stimuli.neutral_facts(), acts.layers, pooling=pooling)
+    return acts, analysis.layer_report(acts, facts)
+
+
+@cli.command()
+@model_argument
+@method_option
+@pooling_option
+@seed_option
+@click.option("--json", "json_", is_flag=True, help="Print the report as one JSON document.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Draw the curve to this PNG file.")
+def layers(model, method, pooling, seed, json_, plot):
+    """Where emotions live: per-layer separation scores against relative depth."""
+    from . import analysis, models as models_
+
+    resolved = models_.ensure(model, progress=progress)
+    _, report = layers_report(resolved, method, pooling, seed)
+    path = models.store.home() / "reports" / f"{resolved.name}-{method}-layers.json"
+    models.store.write_text(path, json.dumps(report, indent=2))
+    if plot:
+        analysis.plot_layers([report], plot)
+    if json_:
+        print_json(report)
+    else:
+        click.echo(layer_table(report))
+        click.echo(f"saved {path}" + (f" and {plot}" if plot else ""), err=True)
+
+
+@cli.command(name="compare-methods")
+@model_argument
+@seed_option
+@click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+def compare_methods(model, seed, json_):
+    """Generation vs comprehension: per-emotion separation, Mann-Whitney U and Cohen's d."""
+    from . import analysis
+
+    resolved = models.ensure(model, progress=progress)
+    result = {"model": resolved.name, "methods": {}}
+    seps = {}
+    for method in ("generation", "comprehension"):
+        acts, report = layers_report(resolved, method, seed=seed)
+        band = tuple(report["best_band"])
+        seps[method] = analysis.per_emotion_separation(acts, band)
+        result["methods"][method] = {"best_band": band, "best_band_depth": report["best_band_depth"],
+                                     "peak_accuracy": max(report["accuracy"]),
+                                     "separation": seps[method]}
+    result["test"] = analysis.compare(seps["generation"], seps["comprehension"])
+    if json_:
+        print_json(result)
+        return
+    click.echo(f"{'emotion':14} {'generation':>10} {'comprehension':>13}")
+    for e in seps["generation"]:
+        click.echo(f"{e:14} {seps['generation'][e]:>10.3f} {seps['comprehension'][e]:>13.3f}")
+    t = result["test"]
+    for method, r in result["methods"].items():
+        click.echo(f"{method}: best band {r['best_band'][0]}-{r['best_band'][1]} "
+                   f"(depth {r['best_band_depth'][0]:.2f}-{r['best_band_depth'][1]:.2f}), "
+                   f"peak accuracy {r['peak_accuracy']:.3f}")
+    click.echo(f"separation (1 − mean cosine to the other emotions): generation {t['mean_a']:.3f} "
+               f"vs comprehension {t['mean_b']:.3f}; Mann-Whitney U = {t['mann_whitney_u']:.1f}, "
+               f"p = {t['p_value']:.3g}; Cohen's d = {t['cohens_d']:.2f} (n = {t['n']})")
+
+
+def parse_layer_range(text: str) -> tuple[int, int] | None:
+    if text == "auto":
+        return None
+    try:
+        a, b = (int(x) for x in text.split("-", 1)) if "-" in text else (int(text),) * 2
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not 'auto' or a range like 12-16") from None
+    if not 1 <= a <= b:
+        raise click.BadParameter(f"'{text}': layers start at 1 and the range must go upwards")
+    return a, b
+
+
+@cli.command(name="export-vector")
+@click.option("--emotion", "-e", help="Emotion or concept (fear, joy, calm…); see --all.")
+@click.option("--all", "all_", is_flag=True, help="Write vectors for all 20 emotions.")
+@click.option("--model", "-m", help="Model name or .gguf path (default: smollm2-135m-instruct).")
+@method_option
+@click.option("--layers", "layer_spec", default="auto", show_default=True,
+              help="llama.cpp layers A-B (tensors direction.A … direction.B), or auto: the band "
+                   "where emotions separate best.")
+@click.option("--strength", type=float, help="Recommended strength as a fraction of each "
+                                              "layer's residual norm (default 0.05).")
+@click.option("--stimuli", "stimuli_file", type=click.Path(exists=True, dir_okay=False),
+              help="Your own JSONL texts ({\"emotion\":…, \"text\":…}, with neutral ones).")
+@pooling_option
+@click.option("--baseline", type=click.Choice(["neutral", "grand"]), default="neutral",
+              show_default=True, help="Subtract the neutral mean, or the mean of all emotions.")
+@click.option("--denoise", type=int, default=0, show_default=True,
+              help="Project out this many top principal components of neutral text.")
+@seed_option
+@click.option("-o", "--output", type=click.Path(), help="Output file (a directory with --all). "
+                                                      "Default: the store, where chat finds it.")
+def export_vector(emotion, all_, model, method, layer_spec, strength, stimuli_file, pooling,
+                  baseline, denoise, seed, output):
+    """Extract emotion vectors and write them as llama.cpp GGUF control vectors.
+
+    \b
+    Examples:
+      edgeemo export-vector --emotion fear
+      edgeemo export-vector --all --method comprehension
+      edgeemo export-vector -e fear --layers 12-16 -o fear.gguf
+      llama-cli -m model.gguf --control-vector fear.gguf      # stock llama.cpp, scale 1.0
+    """
+    from pathlib import Path
+
+    from . import analysis, emotions
+    from .steer import check_strength, vector_dirs
+
+    if all_ == bool(emotion):
+        raise click.UsageError("give --emotion NAME or --all")
+    if strength is not None:
+        check_strength(strength)
+    band_override = parse_layer_range(layer_spec)
+    resolved = models.ensure(model, progress=progress)
+    if all_:
+        targets = list(emotions.EMOTIONS)
+    else:
+        targets = [emotions.canonical(emotion, allow_custom=True)]
+    concept = targets[0] if not all_ and targets[0] not in emotions.EMOTIONS else None
+    acts = load_activations(resolved, method, stimuli_file=stimuli_file, concept=concept,
+                            pooling=pooling, seed=seed)
+    missing = [t for t in targets if t not in acts.by_label]
+    if missing:
+        raise click.UsageError(f"the stimuli have no texts for {', '.join(missing)}")
+    if band_override:
+        n_layer = acts.info["n_layer"]
+        if band_override[1] > n_layer - 2:
+            raise click.BadParameter(f"layers go up to {n_layer - 2} for this model")
+        band = (band_override[0] + 1, band_override[1] + 1)      # llama.cpp N -> hidden N+1
+    else:
+        band = analysis.best_band(analysis.band_scores(acts), acts.layers)
+    dirs = analysis.directions(acts, baseline=baseline, denoise=denoise)
+    out_dir = Path(output) if (output and all_) else vector_dirs(resolved)[0]
+    for name in targets:
+        vec = analysis.make_vector(acts, name, dirs[name], band,
+                                   strength=strength or analysis.DEFAULT_STRENGTH,
+                                   settings={"baseline": baseline, "denoise": denoise})
+        path = Path(output) if (output and not all_) else out_dir / f"{name}.gguf"
+        vec.to_gguf(path)
+        click.echo(path)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+def inspect(path, json_):
+    """Show a control vector's layers, norms and edgeemo metadata."""
+    from .vectors import ControlVector
+
+    vec = ControlVector.from_gguf(path)
+    info = {"path": str(path), "model_hint": vec.model_hint, "n_embd": vec.n_embd,
+            "layers": vec.layers,
+            "norms": {str(n): round(float((d.astype("float64") ** 2).sum() ** 0.5), 4)
+                      for n, d in vec.directions.items()},
+            "metadata": vec.metadata}
+    if json_:
+        print_json(info)
+        return
+    click.echo(f"{path}: control vector for {vec.model_hint} (n_embd {vec.n_embd}), "
+               f"layers {vec.layers[0]}-{vec.layers[-1]} ({len(vec.layers)} tensors)")
+    for key, value in vec.metadata.items():
+        if isinstance(value, list):
+            value = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in value)
+        click.echo(f"  {key:16} {value}")
+    click.echo("  tensor norms     " + ", ".join(f"{n}:{v:.2f}" for n, v in info["norms"].items()))

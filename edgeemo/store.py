@@ -93,6 +93,17 @@ def atomic_path(final: Path | str, *, directory: bool = False):
             tmp.unlink()
 
 
+def require_free(directory: Path, nbytes: int) -> None:
+    """Fail early, with one line, when the store's disk cannot hold ``nbytes`` more."""
+    with store_errors(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(directory).free
+    if free < nbytes:
+        raise StoreError(f"the store is full: {directory} has {free / 1e6:.0f} MB free and this "
+                         f"needs {nbytes / 1e6:.0f} MB; free some space or set EDGEEMO_HOME to a "
+                         f"directory with room")
+
+
 def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import numbers
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,10 +184,10 @@ class ControlVector:
             raise ValueError(f"n_embd must be a positive int, not {self.n_embd!r}")
         self.n_embd = int(self.n_embd)
         self.model_hint = str(self.model_hint)
-        directions = {}
-        for layer in sorted(self.directions):
-            directions[_check_layer(layer)] = self._own(layer, self.directions[layer])
-        self.directions = directions
+        for layer in self.directions:
+            _check_layer(layer)
+        self.directions = {int(layer): self._own(layer, self.directions[layer])
+                           for layer in sorted(self.directions)}
         for key in self.metadata:
             if not isinstance(key, str) or not key:
                 raise ValueError(f"metadata keys must be non-empty strings, not {key!r}")
@@ -378,10 +379,15 @@ class ControlVector:
         if path.is_dir():
             raise VectorFormatError(f"{path} is a directory, not a control vector file")
         with open(path, "rb") as f:
-            magic = f.read(4)
-        if magic != GGUF_MAGIC:
+            header = f.read(512)
+        if header[:4] != GGUF_MAGIC:
             raise VectorFormatError(f"{path} is not a GGUF file (it does not start with 'GGUF'); "
                                     f"give a control vector .gguf written by `edgeemo export-vector`")
+        # Fast path for the common mistake of passing a model: parsing its whole vocabulary with
+        # GGUFReader takes seconds.
+        arch = _first_architecture(header)
+        if arch is not None and arch != ARCH:
+            raise _not_a_vector(path, arch)
         try:
             reader = gguf.GGUFReader(path)
         except (ValueError, KeyError, IndexError, TypeError, OSError) as exc:
@@ -395,12 +401,7 @@ class ControlVector:
 
         arch = text("general.architecture")
         if arch != ARCH:
-            if arch:
-                raise VectorFormatError(
-                    f"{path} is a GGUF model ({arch}), not a control vector; pass the model with "
-                    f"--model and a vector written by `edgeemo export-vector`")
-            raise VectorFormatError(f"{path} is not a control vector: general.architecture is "
-                                    f"missing, expected '{ARCH}'")
+            raise _not_a_vector(path, arch)
 
         n_embd = None
         directions: dict[int, np.ndarray] = {}
@@ -438,6 +439,37 @@ class ControlVector:
             return cls(model_hint, n_embd, directions, metadata, source=str(path))
         except ValueError as exc:
             raise VectorFormatError(f"{path}: {exc}") from exc
+
+
+def _not_a_vector(path: Path, arch: str | None) -> VectorFormatError:
+    if arch:
+        return VectorFormatError(
+            f"{path} is a GGUF model ({arch}), not a control vector; pass the model with "
+            f"--model and a vector written by `edgeemo export-vector`")
+    return VectorFormatError(f"{path} is not a control vector: general.architecture is "
+                             f"missing, expected '{ARCH}'")
+
+
+def _first_architecture(header: bytes) -> str | None:
+    """``general.architecture`` if it is the first key of a little-endian GGUF header, else None.
+
+    Every writer we know puts it first; when it is not, the caller falls back to GGUFReader.
+    """
+    try:
+        version, _n_tensors, n_kv = struct.unpack_from("<IQQ", header, 4)
+        if version not in (2, 3) or n_kv == 0:
+            return None
+        offset = 24
+        (key_len,) = struct.unpack_from("<Q", header, offset)
+        key = header[offset + 8:offset + 8 + key_len]
+        offset += 8 + key_len
+        value_type, value_len = struct.unpack_from("<IQ", header, offset)
+        value = header[offset + 12:offset + 12 + value_len]
+    except struct.error:
+        return None
+    if key != b"general.architecture" or value_type != 8 or len(value) != value_len:  # 8: STRING
+        return None
+    return value.decode("utf-8", errors="replace")
 
 
 def _check_layer(layer: Any) -> int:

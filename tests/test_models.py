@@ -136,16 +136,35 @@ def test_read_only_store_is_one_line(tmp_path):
 
 def _limit_file_size():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG
-    resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
 
-@pytest.mark.slow
-def test_full_store_is_one_line_and_leaves_nothing(tmp_path):
-    env = {**os.environ, "EDGEEMO_HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "edgeemo", "pull"], env=env, text=True,
+def test_a_write_that_hits_the_limit_is_one_line_and_leaves_nothing(tmp_path):
+    """The write path itself: a file-size limit stands in for a full disk (EFBIG vs ENOSPC)."""
+    script = ("import sys; from edgeemo import store\n"
+              "try:\n    store.write_bytes(sys.argv[1] + '/big.bin', b'x' * (4 << 20))\n"
+              "except store.StoreError as e:\n    print(e)")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], text=True,
                             capture_output=True, preexec_fn=_limit_file_size)
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "the store is full" in lines[0], result.stderr
-    leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert leftovers == []
+    assert "the store is full" in result.stdout and "EDGEEMO_HOME" in result.stdout, result
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A real 20 MB filesystem (tmpfs); needs root, as in CI."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs",
+                                            str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_store_is_one_line_and_leaves_nothing(tiny_filesystem):
+    code, out = run("pull", env={"EDGEEMO_HOME": str(tiny_filesystem)})
+    assert code == 1
+    assert len(out.strip().splitlines()) == 1
+    assert out.startswith("Error: the store is full:") and "EDGEEMO_HOME" in out
+    assert [p for p in tiny_filesystem.rglob("*") if p.is_file()] == []

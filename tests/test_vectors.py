@@ -8,7 +8,6 @@ and that a vector read back from its file steers exactly like the one in memory.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from pathlib import Path
 
 import gguf
@@ -222,6 +221,38 @@ def test_read_rejects_a_model(tmp_path):
         ControlVector.from_gguf(path)
 
 
+def test_read_rejects_a_model_whose_architecture_key_is_not_first(tmp_path):
+    writer = gguf.GGUFWriter(tmp_path / "model.gguf", "qwen2")
+    writer.add_string("general.name", "tiny")
+    arch = writer.kv_data[0].pop("general.architecture")
+    writer.kv_data[0]["general.architecture"] = arch  # now the second key
+    writer.add_tensor("token_embd.weight", np.ones((4, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(VectorFormatError, match="is a GGUF model \\(qwen2\\)"):
+        ControlVector.from_gguf(tmp_path / "model.gguf")
+
+
+def test_read_rejects_a_file_without_architecture(tmp_path):
+    writer = gguf.GGUFWriter(tmp_path / "bare.gguf", "controlvector")
+    del writer.kv_data[0]["general.architecture"]
+    writer.add_tensor("direction.1", ones())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(VectorFormatError, match="general.architecture is missing"):
+        ControlVector.from_gguf(tmp_path / "bare.gguf")
+
+
+@pytest.mark.slow
+def test_read_rejects_the_real_model(default_gguf):
+    with pytest.raises(VectorFormatError, match="is a GGUF model \\(llama\\), not a control vector"):
+        ControlVector.from_gguf(default_gguf)
+
+
 def test_read_rejects_text(tmp_path):
     path = tmp_path / "notes.gguf"
     path.write_text("fear: more\n")
@@ -378,6 +409,88 @@ def test_check_compatible_layer_and_hint_mismatch():
         vector.check_compatible("qwen2", N_EMBD, 30)
     # A vector without a model hint (another writer) is checked on shape only.
     ControlVector("", N_EMBD, {3: ones()}).check_compatible("qwen2", N_EMBD, 30)
+
+
+# --- llama.cpp's own parser ----------------------------------------------------------------------
+
+class _GgufInitParams(ctypes.Structure):
+    _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.POINTER(ctypes.c_void_p))]
+
+
+def ggml_base():
+    """llama-cpp-python's bundled libggml-base, which holds the C GGUF parser llama.cpp uses."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    libdir = Path(llama_cpp.__file__).parent / "lib"
+    candidates = sorted(libdir.glob("*ggml-base*")) if libdir.is_dir() else []
+    if not candidates:
+        pytest.skip(f"no libggml-base in {libdir}")
+    lib = ctypes.CDLL(str(candidates[0]))
+    lib.gguf_init_from_file.argtypes = [ctypes.c_char_p, _GgufInitParams]
+    lib.gguf_init_from_file.restype = ctypes.c_void_p
+    lib.gguf_get_n_tensors.argtypes = [ctypes.c_void_p]
+    lib.gguf_get_n_tensors.restype = ctypes.c_int64
+    lib.gguf_get_tensor_name.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_get_tensor_name.restype = ctypes.c_char_p
+    lib.gguf_find_key.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.gguf_find_key.restype = ctypes.c_int64
+    lib.gguf_get_val_str.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_get_val_str.restype = ctypes.c_char_p
+    lib.ggml_get_tensor.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.ggml_get_tensor.restype = ctypes.c_void_p
+    lib.gguf_get_tensor_type.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_get_tensor_type.restype = ctypes.c_int
+    lib.ggml_n_dims.argtypes = [ctypes.c_void_p]
+    lib.ggml_n_dims.restype = ctypes.c_int
+    lib.ggml_nelements.argtypes = [ctypes.c_void_p]
+    lib.ggml_nelements.restype = ctypes.c_int64
+    lib.ggml_get_data_f32.argtypes = [ctypes.c_void_p]
+    lib.ggml_get_data_f32.restype = ctypes.POINTER(ctypes.c_float)
+    lib.gguf_free.argtypes = [ctypes.c_void_p]
+    lib.ggml_free.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def llama_cpp_load(path: Path, n_layer: int) -> np.ndarray:
+    """What llama.cpp's ``--control-vector`` loader builds from ``path``, as a full buffer.
+
+    A transcription of ``common_control_vector_load_one`` (llama.cpp common/common.cpp), which
+    llama-cpp-python does not bind, running on ggml's own GGUF parser.
+    """
+    lib = ggml_base()
+    ggml_ctx = ctypes.c_void_p()
+    gguf_ctx = lib.gguf_init_from_file(str(path).encode(),
+                                       _GgufInitParams(False, ctypes.pointer(ggml_ctx)))
+    assert gguf_ctx, f"ggml could not parse {path}"
+    try:
+        key = lib.gguf_find_key(gguf_ctx, b"general.architecture")
+        assert key >= 0 and lib.gguf_get_val_str(gguf_ctx, key) == b"controlvector"
+        n_embd, data = -1, np.zeros(0, dtype=np.float32)
+        for i in range(lib.gguf_get_n_tensors(gguf_ctx)):
+            name = lib.gguf_get_tensor_name(gguf_ctx, i).decode()
+            prefix, _, index = name.partition(".")
+            assert prefix == "direction" and int(index) > 0, name
+            tensor = lib.ggml_get_tensor(ggml_ctx, name.encode())
+            assert lib.gguf_get_tensor_type(gguf_ctx, i) == 0, name  # GGML_TYPE_F32
+            assert lib.ggml_n_dims(tensor) == 1, name
+            size = lib.ggml_nelements(tensor)
+            assert n_embd in (-1, size), name
+            n_embd, layer = size, int(index)
+            if data.size < n_embd * layer:
+                data = np.concatenate([data, np.zeros(n_embd * layer - data.size, np.float32)])
+            values = np.ctypeslib.as_array(lib.ggml_get_data_f32(tensor), shape=(n_embd,))
+            data[n_embd * (layer - 1):n_embd * layer] += values  # layer 1 at [0]
+    finally:
+        lib.gguf_free(gguf_ctx)
+        lib.ggml_free(ggml_ctx)
+    full = np.zeros(n_embd * (n_layer - 1), dtype=np.float32)
+    full[:data.size] = data
+    return full
+
+
+def test_llama_cpp_reads_our_file_as_we_do(tmp_path):
+    vector = make_vector(layers=(1, 4, 9), **METADATA)
+    path = vector.to_gguf(tmp_path / "v.gguf")
+    assert np.array_equal(llama_cpp_load(path, 12), vector.buffer(12))
 
 
 # --- steering the real model ----------------------------------------------------------------------

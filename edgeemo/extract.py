@@ -1,0 +1,230 @@
+"""Emotion activations: the model's pooled hidden states while it reads or writes about emotions.
+
+Two methods (Jeong 2026 compares them):
+  comprehension  the ONNX model reads vignettes that show an emotion without naming it
+  generation     the GGUF model writes stories about a character feeling the emotion (through
+                 llama.cpp, seeded); the ONNX model reads prompt + story and pools only the
+                 story's tokens, so the vector comes from the model's own words
+
+Pooling is the mean over content tokens, with attention-sink positions left out (the first
+position's norm is ~100x the others' in SmolLM2 and would dominate a mean), or the last token.
+Texts are pooled as soon as they are read, so memory holds one batch of states at most.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import __version__, emotions, models, stimuli, store
+from .errors import EdgeemoError
+from .reader import HiddenStateReader
+from .vectors import hidden_state_index, usable_layers
+
+POOLINGS = ("mean", "last")
+METHODS = ("generation", "comprehension")
+SINK_RATIO = 8.0          # a position whose norm is this many times the text's median is a sink
+
+
+@dataclass
+class Activations:
+    """Pooled hidden states per label, at hidden-state indices ``layers``."""
+    method: str
+    layers: list[int]                              # hidden-state indices (ONNX numbering)
+    by_label: dict[str, np.ndarray]                # label -> (n_texts, len(layers), n_embd)
+    norms: np.ndarray                              # (len(layers),) typical residual norm
+    info: dict = field(default_factory=dict)       # model, stimuli hash, seed, pooling, …
+
+    @property
+    def emotions(self) -> list[str]:
+        return [label for label in self.by_label if label != emotions.NEUTRAL]
+
+
+def steerable_layers(n_layer: int) -> list[int]:
+    """Hidden-state indices that have a llama.cpp control-vector layer (see vectors.py)."""
+    return [hidden_state_index(n) for n in usable_layers(n_layer)]
+
+
+def content_mask(states: np.ndarray, start: int = 0) -> np.ndarray:
+    """Which positions to pool: from ``start`` on, minus attention sinks.  states: (L, T, d)."""
+    norms = np.linalg.norm(states, axis=-1).max(axis=0)                 # (T,) loudest layer
+    keep = np.arange(states.shape[1]) >= max(start, 1)                  # position 0 is a sink
+    if keep.any():
+        keep &= norms <= SINK_RATIO * np.median(norms[keep])
+    if not keep.any():                                                  # a one-token story
+        keep[-1] = True
+    return keep
+
+
+def pool(states: np.ndarray, start: int = 0, how: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """(L, T, d) -> pooled (L, d) and the mean token norm per layer (L,)."""
+    keep = content_mask(states, start)
+    content = states[:, keep]                                           # (L, t, d)
+    pooled = content.mean(axis=1) if how == "mean" else content[:, -1]
+    return pooled, np.linalg.norm(content, axis=-1).mean(axis=1)
+
+
+def read_pooled(reader: HiddenStateReader, items: Sequence, layers: list[int], *,
+                starts: Sequence[int] | None = None, pooling: str = "mean", batch_size: int = 8,
+                label: str = "", progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pool each item as it is read.  Returns (n, L, d) states and (n, L) token norms."""
+    if pooling not in POOLINGS:
+        raise EdgeemoError(f"unknown pooling '{pooling}': choose one of {', '.join(POOLINGS)}")
+    starts = starts or [0] * len(items)
+    pooled, norms = [], []
+    for i, states in enumerate(reader.read(items, layers, batch_size=batch_size)):
+        p, n = pool(states, starts[i], pooling)
+        pooled.append(p)
+        norms.append(n)
+        if progress:
+            progress(label, i + 1, len(items))
+    return np.stack(pooled).astype(np.float32), np.stack(norms)
+
+
+def collect(reader: HiddenStateReader, method: str, items_by_label: dict[str, list],
+            starts_by_label: dict[str, list[int]] | None, *, layers: list[int] | None,
+            pooling: str, batch_size: int, progress, info: dict) -> Activations:
+    layers = layers or steerable_layers(reader.n_layer)
+    by_label, neutral_norms = {}, None
+    for label, items in items_by_label.items():
+        starts = starts_by_label[label] if starts_by_label else None
+        states, norms = read_pooled(reader, items, layers, starts=starts, pooling=pooling,
+                                    batch_size=batch_size, label=label, progress=progress)
+        by_label[label] = states
+        if label == emotions.NEUTRAL:
+            neutral_norms = np.median(norms, axis=0)
+    if neutral_norms is None:
+        raise EdgeemoError("no neutral texts: the neutral baseline is needed to measure norms")
+    info = {**info, "method": method, "pooling": pooling, "model": reader.manifest["model"],
+            "source_sha256": reader.manifest["source_sha256"], "n_layer": reader.n_layer,
+            "n_embd": reader.n_embd, "architecture": reader.manifest["architecture"],
+            "edgeemo_version": __version__}
+    return Activations(method, list(layers), by_label, neutral_norms, info)
+
+
+# --- comprehension ----------------------------------------------------------------------------
+
+def comprehension(reader: HiddenStateReader, texts: dict[str, list[str]] | None = None, *,
+                  layers: list[int] | None = None, pooling: str = "mean", batch_size: int = 8,
+                  progress: Callable | None = None) -> Activations:
+    """The model reads vignettes: ``texts`` maps emotion -> texts and must include neutral
+    (default: the shipped comprehension stimuli for all 20 emotions)."""
+    texts = texts or stimuli.comprehension()
+    return collect(reader, "comprehension", texts, None, layers=layers, pooling=pooling,
+                   batch_size=batch_size, progress=progress,
+                   info={"stimuli_hash": stimuli.stimuli_hash(texts)})
+
+
+# --- generation -------------------------------------------------------------------------------
+
+STORY_TOKENS = 160
+STORY_TEMPERATURE = 0.8
+
+
+def story_cache_path(model: models.Model, prompt: str, seed: int, max_tokens: int):
+    key = json.dumps([prompt, seed, max_tokens, STORY_TEMPERATURE], ensure_ascii=False)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return store.home() / "cache" / "stories" / models.model_sha256(model)[:16] / f"{digest}.json"
+
+
+def write_story(runtime, prompt: str, *, seed: int, max_tokens: int = STORY_TOKENS) -> dict:
+    """The model's story for ``prompt`` (token ids of prompt and story), cached in the store."""
+    path = story_cache_path(runtime.model, prompt, seed, max_tokens)
+    if path.is_file():
+        return json.loads(path.read_text())
+    prompt_ids = runtime.prompt_ids([{"role": "user", "content": prompt}])
+    story_ids = list(runtime.stream_ids(prompt_ids, max_tokens=max_tokens, seed=seed,
+                                        temperature=STORY_TEMPERATURE))
+    story = {"prompt": prompt, "seed": seed, "prompt_ids": prompt_ids, "story_ids": story_ids,
+             "text": runtime.llm.detokenize(story_ids).decode("utf-8", errors="replace")}
+    store.write_text(path, json.dumps(story, ensure_ascii=False))
+    return story
+
+
+def generation_prompts(label: str, n: int) -> list[str]:
+    prompts = stimuli.neutral_topics() if label == emotions.NEUTRAL else \
+        stimuli.generation_prompts(label)
+    return prompts[:n]
+
+
+def generation(runtime, reader: HiddenStateReader, labels: list[str] | None = None, *,
+               stories: int = 6, neutral_stories: int = 12, seed: int = 0,
+               max_tokens: int = STORY_TOKENS, layers: list[int] | None = None,
+               pooling: str = "mean", batch_size: int = 4,
+               progress: Callable | None = None) -> Activations:
+    """The model writes ``stories`` stories per emotion (and neutral ones); we read them back.
+
+    ``runtime`` is an unsteered ``steer.EmotionModel`` on the same GGUF as ``reader``'s export.
+    """
+    labels = list(labels or emotions.EMOTIONS)
+    if emotions.NEUTRAL not in labels:
+        labels.append(emotions.NEUTRAL)
+    items, starts, written = {}, {}, {}
+    for label in labels:
+        n = neutral_stories if label == emotions.NEUTRAL else stories
+        chosen = generation_prompts(label, n)
+        done = []
+        for i, prompt in enumerate(chosen):
+            done.append(write_story(runtime, prompt, seed=seed + i, max_tokens=max_tokens))
+            if progress:
+                progress(f"writing {label} stories", i + 1, len(chosen))
+        items[label] = [s["prompt_ids"] + s["story_ids"] for s in done]
+        starts[label] = [len(s["prompt_ids"]) for s in done]
+        written[label] = [s["text"] for s in done]
+    return collect(reader, "generation", items, starts, layers=layers, pooling=pooling,
+                   batch_size=batch_size, progress=progress,
+                   info={"seed": seed, "stories": stories, "max_tokens": max_tokens,
+                         "stimuli_hash": stimuli.stimuli_hash(written)})
+
+
+# --- from a model name to activations, cached --------------------------------------------------
+
+def activations(model: models.Model, method: str = "generation", *,
+                texts: dict[str, list[str]] | None = None, pooling: str = "mean",
+                precision: str = "fp32", seed: int = 0, stories: int = 6,
+                progress: Callable | None = None, say: Callable | None = None) -> Activations:
+    """Activations of ``model`` by ``method``, from the store's cache when the same inputs were
+    seen before (the ONNX export is made if missing; stories are written if missing)."""
+    from . import export
+    from .steer import EmotionModel
+
+    if method not in METHODS:
+        raise EdgeemoError(f"unknown method '{method}': choose generation or comprehension")
+    say = say or (lambda msg: None)
+    key = {"method": method, "pooling": pooling, "precision": precision, "version": __version__,
+           "texts": stimuli.stimuli_hash(texts) if texts else None,
+           "seed": seed if method == "generation" else None,
+           "stories": stories if method == "generation" else None}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = store.home() / "cache" / "activations" / models.model_sha256(model)[:16] / f"{digest}.npz"
+    if path.is_file():
+        return load_activations(path)
+    reader = HiddenStateReader(export.export_model(model, precision, progress=say))
+    if method == "comprehension":
+        acts = comprehension(reader, texts, pooling=pooling, progress=progress)
+    else:
+        labels = list(texts) if texts else None
+        runtime = EmotionModel(model, seed=seed)
+        acts = generation(runtime, reader, labels, seed=seed, stories=stories, pooling=pooling,
+                          progress=progress)
+    save_activations(acts, path)
+    return acts
+
+
+def save_activations(acts: Activations, path) -> None:
+    arrays = {f"label:{k}": v for k, v in acts.by_label.items()}
+    with store.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, layers=np.array(acts.layers), norms=acts.norms,
+                     info=np.array(json.dumps({**acts.info, "method": acts.method})), **arrays)
+
+
+def load_activations(path) -> Activations:
+    with np.load(path) as data:
+        info = json.loads(str(data["info"]))
+        by_label = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("label:")}
+        return Activations(info["method"], data["layers"].tolist(), by_label, data["norms"], info)

@@ -1,0 +1,201 @@
+"""Steered inference: a GGUF model in llama.cpp whose emotional tone is set by control vectors.
+
+    from edgeemo.steer import EmotionModel
+    m = EmotionModel()                         # the default model, from the store
+    m.steer({"afraid": 0.08})                  # strength: a fraction of each layer's residual norm
+    print(m.generate("Tell me about your morning.", max_tokens=60, seed=0))
+    m.steer({"afraid": 0.06, "calm": -0.03})   # a weighted mix; negative steers away
+    m.clear()                                  # back to the unsteered model, exactly
+
+Switching emotion or strength never reloads the model: it rewrites llama.cpp's control-vector
+buffer (one ctypes call, in ``_cvec.py``) and drops the cached prompt state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import _cvec, emotions, models, store
+from .errors import EdgeemoError, VectorFormatError
+from .vectors import ControlVector, mix_buffer
+
+MAX_STRENGTH = 1.0        # beyond a residual norm's worth the text is noise, whatever the emotion
+
+
+class EmotionModel:
+    def __init__(self, model: str | Path | models.Model | None = None, *, n_ctx: int = 2048,
+                 seed: int = 0, threads: int | None = None, verbose: bool = False):
+        import llama_cpp
+
+        self.model = model if isinstance(model, models.Model) else models.ensure(
+            None if model is None else str(model))
+        self.llm = llama_cpp.Llama(model_path=str(self.model.path), n_ctx=n_ctx, seed=seed,
+                                   n_threads=threads or os.cpu_count(), verbose=verbose)
+        self.arch, self.n_embd, self.n_layer = _cvec.model_shape(self.llm)
+        self.chat_template = self.llm.metadata.get("tokenizer.chat_template")
+        self.vectors: dict[str, ControlVector] = {}     # loaded vectors, by emotion name
+        self.mix: dict[str, float] = {}                  # what is applied now: emotion -> strength
+        self.layers: tuple[int, int] | None = None
+        self._eog = llama_cpp.llama_token_is_eog
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
+
+    # --- prompts ---------------------------------------------------------------------------
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation, ready for the assistant's turn.
+
+        Instruct models use their own chat template; base models (no template) get a plain
+        continuation: the text of a single message, or a User/Assistant transcript.
+        """
+        if self.chat_template:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            formatter = Jinja2ChatFormatter(
+                self.chat_template, eos_token=self.token_text(self.llm.token_eos()),
+                bos_token=self.token_text(self.llm.token_bos()))
+            text = formatter(messages=messages).prompt
+            return self.llm.tokenize(text.encode(), add_bos=False, special=True)
+        if len(messages) == 1:
+            text = messages[0]["content"]
+        else:
+            lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+            text = "\n".join(lines) + "\nAssistant:"
+        return self.llm.tokenize(text.encode(), add_bos=True, special=False)
+
+    def token_text(self, token: int) -> str:
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    # --- generation ------------------------------------------------------------------------
+
+    def stream_ids(self, prompt_ids: list[int], *, max_tokens: int = 200, temperature: float = 0.7,
+                   top_p: float = 0.95, repeat_penalty: float = 1.1,
+                   seed: int | None = None) -> Iterator[int]:
+        """Yield generated token ids until end of turn or ``max_tokens``."""
+        if not prompt_ids:
+            raise EdgeemoError("the prompt is empty: give some text to respond to")
+        n_ctx = self.llm.n_ctx()
+        if len(prompt_ids) + max_tokens > n_ctx:
+            raise EdgeemoError(f"context overflow: the prompt is {len(prompt_ids)} tokens and "
+                               f"{max_tokens} more were asked for, but the context holds {n_ctx}; "
+                               f"shorten the prompt, lower --max-tokens, or /reset the chat")
+        if seed is not None:
+            self.llm.set_seed(seed)
+        greedy = temperature <= 0
+        produced = 0
+        for token in self.llm.generate(prompt_ids, temp=max(temperature, 0.0),
+                                       top_k=1 if greedy else 40, top_p=top_p,
+                                       repeat_penalty=repeat_penalty, reset=True):
+            if self._eog(self._vocab, token):
+                break
+            yield token
+            produced += 1
+            if produced >= max_tokens:
+                break
+
+    def stream(self, prompt: str | list[dict], **options) -> Iterator[str]:
+        """Yield text pieces as they are generated (whole UTF-8 characters only)."""
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if isinstance(prompt, str) and not prompt.strip():
+            raise EdgeemoError("the prompt is empty: give some text to respond to")
+        ids: list[int] = []
+        shown = ""
+        for token in self.stream_ids(self.prompt_ids(messages), **options):
+            ids.append(token)
+            text = self.llm.detokenize(ids).decode("utf-8", errors="ignore")
+            if len(text) > len(shown):
+                yield text[len(shown):]
+                shown = text
+
+    def generate(self, prompt: str | list[dict], **options) -> str:
+        return "".join(self.stream(prompt, **options))
+
+    # --- steering --------------------------------------------------------------------------
+
+    def vector(self, name_or_path: str) -> ControlVector:
+        """A control vector for this model, by emotion name (store or prebuilt) or file path."""
+        if name_or_path in self.vectors:
+            return self.vectors[name_or_path]
+        if name_or_path.endswith(".gguf") or Path(name_or_path).is_file():
+            path = Path(name_or_path)
+            key = str(path)
+        else:
+            key = emotions.canonical(name_or_path, allow_custom=True)
+            path = find_vector(self.model, key)
+            if path is None:
+                raise VectorFormatError(
+                    f"no '{key}' vector for {self.model.name}: make one with "
+                    f"`edgeemo export-vector --emotion {key} --model {self.model.name}`")
+        vec = ControlVector.from_gguf(path)
+        vec.check_compatible(self.arch, self.n_embd, self.n_layer, model_name=self.model.name)
+        self.vectors[key] = vec
+        return vec
+
+    def steer(self, mix: dict[str, float | None] | str | None, *,
+              layers: tuple[int, int] | None = None) -> dict[str, float]:
+        """Apply an emotion or a weighted mix ({"afraid": 0.06, "calm": -0.02}); None clears.
+
+        A strength is a fraction of each layer's typical residual norm; None means the vector's
+        recommended strength. Returns the applied mix with strengths filled in.
+        """
+        if mix is None or mix == {}:
+            return self.clear()
+        if isinstance(mix, str):
+            mix = emotions.parse_mix(mix)
+        parts, applied = [], {}
+        for name, strength in mix.items():
+            vec = self.vector(name)
+            recommended = vec.metadata.get("strength")
+            strength = recommended if strength is None else float(strength)
+            check_strength(strength)
+            # the file's tensors are at the recommended strength (or at scale 1 for foreign files)
+            scale = strength / recommended if recommended else strength
+            parts.append((restrict(vec, layers), scale))
+            applied[name] = strength
+        _cvec.apply(self.llm, mix_buffer(parts, self.n_layer))
+        self.mix, self.layers = applied, layers
+        return applied
+
+    def clear(self) -> dict[str, float]:
+        _cvec.apply(self.llm, None)
+        self.mix, self.layers = {}, None
+        return {}
+
+
+def check_strength(strength: float) -> None:
+    if not math.isfinite(strength):
+        raise EdgeemoError(f"strength must be a finite number, not {strength}")
+    if abs(strength) > MAX_STRENGTH:
+        raise EdgeemoError(f"strength {strength} is beyond ±{MAX_STRENGTH} (a whole residual norm); "
+                           f"useful values are about 0.02–0.2")
+
+
+def restrict(vec: ControlVector, layers: tuple[int, int] | None) -> ControlVector:
+    """The vector with only llama.cpp layers in [a, b] kept."""
+    if layers is None:
+        return vec
+    a, b = layers
+    kept = {n: d for n, d in vec.directions.items() if a <= n <= b}
+    if not kept:
+        raise EdgeemoError(f"layers {a}-{b} hold none of this vector's layers "
+                           f"({min(vec.directions)}-{max(vec.directions)})")
+    return ControlVector(vec.model_hint, vec.n_embd, kept, dict(vec.metadata))
+
+
+def vector_dirs(model: models.Model) -> list[Path]:
+    """Where vectors for a model are looked for: the store first, then the prebuilt ones."""
+    dirs = [store.home() / "vectors" / models.model_sha256(model)[:16]]
+    if model.card is not None:
+        dirs.append(models.shipped_dir("vectors") / model.card.name)
+    return dirs
+
+
+def find_vector(model: models.Model, emotion: str) -> Path | None:
+    for directory in vector_dirs(model):
+        path = directory / f"{emotion}.gguf"
+        if path.is_file():
+            return path
+    return None
+
