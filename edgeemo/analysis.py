@@ -153,7 +153,7 @@ def layer_report(acts: Activations, neutral_facts: np.ndarray | None = None, *,
 
 # --- control vectors ----------------------------------------------------------------------------
 
-DEFAULT_STRENGTH = 0.05    # fraction of the residual norm; `edgeemo calibrate` refines it
+DEFAULT_STRENGTH = 0.08    # fraction of the residual norm; `edgeemo calibrate` refines it
 
 
 def make_vector(acts: Activations, emotion: str, direction: np.ndarray, band: tuple[int, int], *,

@@ -270,7 +270,7 @@ def parse_layer_range(text: str) -> tuple[int, int] | None:
               help="llama.cpp layers A-B (tensors direction.A … direction.B), or auto: the band "
                    "where emotions separate best.")
 @click.option("--strength", type=float, help="Recommended strength as a fraction of each "
-                                              "layer's residual norm (default 0.05).")
+                                              "layer's residual norm (default 0.08).")
 @click.option("--stimuli", "stimuli_file", type=click.Path(exists=True, dir_okay=False),
               help="Your own JSONL texts ({\"emotion\":…, \"text\":…}, with neutral ones).")
 @pooling_option
@@ -354,3 +354,253 @@ def inspect(path, json_):
             value = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in value)
         click.echo(f"  {key:16} {value}")
     click.echo("  tensor norms     " + ", ".join(f"{n}:{v:.2f}" for n, v in info["norms"].items()))
+
+
+# --- steered inference ---------------------------------------------------------------------------
+
+emotion_option = click.option("--emotion", "-e", "emotion_spec",
+                              help="Emotion, or a mix with strengths: fear, fear:0.1, "
+                                   "fear:0.08,calm:-0.03 (negative steers away).")
+strength_option = click.option("--strength", "-s", type=float,
+                               help="Strength for emotions given without one, as a fraction of "
+                                    "the residual norm (default: each vector's recommended).")
+seed_option_gen = click.option("--seed", type=int, default=0, show_default=True,
+                               help="Sampling seed (same seed, same text).")
+
+
+def mix_from(spec: str | None, strength: float | None) -> dict[str, float | None]:
+    from . import emotions
+
+    if not spec:
+        if strength is not None:
+            raise click.UsageError("--strength needs --emotion")
+        return {}
+    mix = emotions.parse_mix(spec)
+    return {name: (strength if s is None else s) for name, s in mix.items()}
+
+
+def describe_mix(mix: dict[str, float]) -> str:
+    return ", ".join(f"{name} {s:+.3f}" for name, s in mix.items()) if mix else "unsteered"
+
+
+def load_runtime(model, seed, n_ctx=2048):
+    from .steer import EmotionModel
+
+    progress("loading the model")
+    return EmotionModel(models.ensure(model, progress=progress), seed=seed, n_ctx=n_ctx)
+
+
+@cli.command()
+@click.option("--prompt", "-p", required=True, help="What to respond to.")
+@model_argument
+@emotion_option
+@strength_option
+@click.option("--max-tokens", type=click.IntRange(1, 4096), default=120, show_default=True)
+@seed_option_gen
+@click.option("--temperature", type=click.FloatRange(0, 5), default=0.7, show_default=True,
+              help="0 = greedy.")
+@click.option("--compare", is_flag=True, help="Print the unsteered and steered replies side by side.")
+@click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+def generate(prompt, model, emotion_spec, strength, max_tokens, seed, temperature, compare, json_):
+    """One steered reply to a prompt.
+
+    \b
+    Examples:
+      edgeemo generate -p "Tell me about your morning." --emotion fear
+      edgeemo generate -p "Write a note to a neighbour." -e joy:0.1 --compare
+    """
+    import time
+
+    if not prompt.strip():
+        raise click.UsageError("the prompt is empty")
+    mix = mix_from(emotion_spec, strength)
+    runtime = load_runtime(model, seed)
+    options = {"max_tokens": max_tokens, "seed": seed, "temperature": temperature}
+    runs = [{}, mix] if compare else [mix]
+    results = []
+    for wanted in runs:
+        applied = runtime.steer(wanted) if wanted else runtime.clear()
+        started = time.perf_counter()
+        pieces = []
+        for piece in runtime.stream(prompt, **options):
+            pieces.append(piece)
+            if not (json_ or compare):
+                click.echo(piece, nl=False)
+        seconds = time.perf_counter() - started
+        text = "".join(pieces)
+        n_tokens = len(runtime.llm.tokenize(text.encode(), add_bos=False)) if text else 0
+        results.append({"emotions": applied, "text": text, "completion_tokens": n_tokens,
+                        "seconds": round(seconds, 3),
+                        "tokens_per_second": round(n_tokens / seconds, 2) if seconds else None})
+    if json_:
+        prompt_tokens = len(runtime.prompt_ids([{"role": "user", "content": prompt}]))
+        doc = {"model": runtime.model.name, "prompt": prompt, "prompt_tokens": prompt_tokens,
+               "settings": {**options, "layers": runtime.layers}, **results[-1]}
+        if compare:
+            doc["unsteered"] = results[0]
+        print_json(doc)
+    elif compare:
+        print_side_by_side([("unsteered", results[0]["text"]),
+                            (describe_mix(results[1]["emotions"]), results[1]["text"])])
+    else:
+        click.echo()
+
+
+def print_side_by_side(columns: list[tuple[str, str]]) -> None:
+    import shutil
+    import textwrap
+
+    width = shutil.get_terminal_size((120, 24)).columns
+    col = max(30, (width - 3) // 2)
+    wrapped = [[title, "-" * min(len(title), col)] + textwrap.wrap(text.replace("\n", " "), col)
+               for title, text in columns]
+    for left, right in zip(*(w + [""] * (max(map(len, wrapped)) - len(w)) for w in wrapped)):
+        click.echo(f"{left:<{col}} | {right}".rstrip())
+
+
+CHAT_HELP = """\
+commands: /emotion NAME[:S][,NAME:S]  /strength S  /off  /reset  /show  /help  (exit, quit or Ctrl-D
+leave; Ctrl-C stops a reply)"""
+
+
+@cli.command()
+@model_argument
+@emotion_option
+@strength_option
+@click.option("--system", help="A system prompt.")
+@seed_option_gen
+@click.option("--max-tokens", type=click.IntRange(1, 4096), default=200, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0, 5), default=0.7, show_default=True)
+@click.option("--monitor", is_flag=True, help="After each reply, show the emotion probe's readout "
+                                              "of it (needs the ONNX export).")
+def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, monitor):
+    """Chat with a steered model; switch emotions mid-conversation.
+
+    \b
+    Examples:
+      edgeemo chat --emotion fear
+      edgeemo chat --emotion joy:0.06,calm:0.03 --system "You are a tour guide."
+      printf 'hi\\n/emotion anger\\nhi again\\n' | edgeemo chat     # scripted
+    """
+    runtime = load_runtime(model, seed)
+    probe = None
+    if monitor:
+        from .probe import Probe
+
+        probe = Probe(runtime.model, progress=progress)
+    session = ChatSession(runtime, system, seed, max_tokens, temperature, probe)
+    mix = mix_from(emotion_spec, strength)
+    if mix:
+        session.command("/emotion " + ",".join(f"{k}:{v}" if v is not None else k
+                                               for k, v in mix.items()))
+    interactive = sys.stdin.isatty()
+    click.echo(f"Chatting with {runtime.model.name} ({describe_mix(runtime.mix)}). "
+               f"{CHAT_HELP}", err=True)
+    while True:
+        try:
+            if interactive:
+                line = click.prompt("", prompt_suffix="> ", default="", show_default=False)
+            else:
+                line = sys.stdin.readline()
+                if not line:
+                    break
+        except (EOFError, click.Abort, KeyboardInterrupt):
+            break
+        line = line.strip()
+        if line in ("exit", "quit"):
+            break
+        if not line:
+            continue
+        try:
+            if line.startswith("/"):
+                session.command(line)
+            else:
+                session.reply(line)
+        except EdgeemoError as exc:
+            click.echo(f"Error: {exc}", err=True)
+
+
+class ChatSession:
+    """The state of one chat: history, steering, and the in-chat commands."""
+
+    def __init__(self, runtime, system, seed, max_tokens, temperature, probe=None):
+        self.runtime, self.system, self.seed = runtime, system, seed
+        self.options = {"max_tokens": max_tokens, "temperature": temperature}
+        self.probe = probe
+        self.history: list[dict] = []
+        self.turn = 0
+
+    def messages(self) -> list[dict]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.history
+
+    def reply(self, text: str) -> None:
+        self.history.append({"role": "user", "content": text})
+        pieces = []
+        try:
+            for piece in self.runtime.stream(self.messages(), seed=self.seed + self.turn,
+                                             **self.options):
+                pieces.append(piece)
+                click.echo(piece, nl=False)
+        except KeyboardInterrupt:
+            click.echo(" [stopped]", nl=False)
+        except EdgeemoError:
+            self.history.pop()
+            raise
+        click.echo()
+        answer = "".join(pieces)
+        self.history.append({"role": "assistant", "content": answer})
+        self.turn += 1
+        if self.probe is not None and answer.strip():
+            ranked = self.probe.scores([answer])[0][:3]
+            click.echo("[probe] " + ", ".join(f"{n} {s:+.3f}" for n, s in ranked), err=True)
+
+    def command(self, line: str) -> None:
+        name, _, arg = line.partition(" ")
+        arg = arg.strip()
+        if name == "/emotion":
+            if not arg:
+                raise EdgeemoError("usage: /emotion NAME[:S][,NAME:S]")
+            from . import emotions
+
+            self.runtime.steer(emotions.parse_mix(arg))
+            click.echo(f"[steering: {describe_mix(self.runtime.mix)}]", err=True)
+        elif name == "/strength":
+            try:
+                value = float(arg)
+            except ValueError:
+                raise EdgeemoError(f"usage: /strength S (a number such as 0.08), not '{arg}'") from None
+            if not self.runtime.mix:
+                raise EdgeemoError("no emotion is set: use /emotion NAME first")
+            self.runtime.steer({n: (value if s >= 0 else -value) for n, s in self.runtime.mix.items()})
+            click.echo(f"[steering: {describe_mix(self.runtime.mix)}]", err=True)
+        elif name == "/off":
+            self.runtime.clear()
+            click.echo("[steering off]", err=True)
+        elif name == "/reset":
+            self.history, self.turn = [], 0
+            click.echo("[conversation cleared]", err=True)
+        elif name == "/show":
+            click.echo(f"[model {self.runtime.model.name}; steering: "
+                       f"{describe_mix(self.runtime.mix)}; {len(self.history) // 2} turns]", err=True)
+        elif name == "/help":
+            click.echo(CHAT_HELP, err=True)
+        else:
+            raise EdgeemoError(f"unknown command {name}; {CHAT_HELP}")
+
+
+@cli.command()
+@click.argument("text")
+@model_argument
+@click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+def probe(text, model, json_):
+    """The emotion readout of a text: its hidden states projected onto the emotion vectors."""
+    from .probe import Probe
+
+    ranked = Probe(models.ensure(model, progress=progress), progress=progress).scores([text])[0]
+    if json_:
+        print_json({"text": text, "ranking": [{"emotion": n, "score": round(s, 4)}
+                                              for n, s in ranked]})
+        return
+    for name, score in ranked:
+        click.echo(f"{name:14} {score:+.4f}")

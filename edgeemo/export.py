@@ -161,6 +161,7 @@ def export_fp32(model: Model, info: dict, sha: str, out: Path, say) -> None:
         "n_embd": hf.config.hidden_size,
         "source_sha256": sha,
         "source_file": model.path.name,
+        "source_path": str(model.path.resolve()),
         "precision": "fp32",
         # tokenize as llama.cpp does: it prepends BOS only if the GGUF says so
         "bos_token_id": info["bos_token_id"] if info["bos_token_id"] is not None

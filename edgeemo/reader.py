@@ -22,16 +22,37 @@ import numpy as np
 from .export import MANIFEST, ONNX_NAME, TOKENIZER
 
 
+def source_gguf(manifest: dict) -> Path | None:
+    """The GGUF an export was made from, if it is still where it was (or in the store)."""
+    from . import models
+
+    card = models.cards().get(manifest.get("model", ""))
+    candidates = [models.store_path(card)] if card else []
+    if manifest.get("source_path"):
+        candidates.append(Path(manifest["source_path"]))
+    return next((p for p in candidates if p.is_file()), None)
+
+
 class HiddenStateReader:
     def __init__(self, export_dir: Path | str, *, threads: int | None = None):
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         self.dir = Path(export_dir)
         self.manifest = json.loads((self.dir / MANIFEST).read_text())
         self.n_layer: int = self.manifest["n_layer"]
         self.n_embd: int = self.manifest["n_embd"]
-        self.tokenizer = Tokenizer.from_file(str(self.dir / TOKENIZER))
+        self._vocab = None        # llama.cpp's own tokenizer, from the GGUF (vocabulary only)
+        self.tokenizer = None     # else the tokenizer saved with the export
+        gguf_path = source_gguf(self.manifest)
+        if gguf_path is not None:
+            import llama_cpp
+
+            self._vocab = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True,
+                                          verbose=False)
+        else:
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(self.dir / TOKENIZER))
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = threads or os.cpu_count() or 1
@@ -40,7 +61,13 @@ class HiddenStateReader:
         self.input_names = {i.name for i in self.session.get_inputs()}
 
     def tokenize(self, text: str) -> list[int]:
-        """Token ids as llama.cpp makes them for the same GGUF (BOS only if the GGUF asks)."""
+        """Token ids as llama.cpp makes them for the same GGUF (BOS only if the GGUF asks).
+
+        llama.cpp's tokenizer is used when the GGUF is at hand: the tokenizer transformers
+        converts from some GGUFs (Gemma 3's, for one) splits words differently.
+        """
+        if self._vocab is not None:
+            return self._vocab.tokenize(text.encode(), add_bos=True, special=False)
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         if self.manifest.get("add_bos") and self.manifest.get("bos_token_id") is not None:
             ids = [self.manifest["bos_token_id"]] + ids

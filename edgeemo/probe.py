@@ -1,0 +1,66 @@
+"""The emotion probe: which of the model's emotion directions a text lights up.
+
+A text is read by the ONNX model, pooled like the stimuli were, centred on the mean of neutral
+texts, and compared (cosine) with each emotion vector at that vector's own layers. The ranking is
+the model's readout of the text, the monitoring use Anthropic proposes for emotion probes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import emotions, models, stimuli, store
+from .errors import EdgeemoError
+from .extract import read_pooled
+from .reader import HiddenStateReader
+from .steer import find_vector
+from .vectors import ControlVector, hidden_state_index
+
+
+class Probe:
+    def __init__(self, model: models.Model, *, names: list[str] | None = None, progress=None):
+        from .export import export_model
+
+        self.model = model
+        self.vectors: dict[str, ControlVector] = {}
+        for name in names or emotions.EMOTIONS:
+            path = find_vector(model, name)
+            if path is not None:
+                self.vectors[name] = ControlVector.from_gguf(path)
+        if len(self.vectors) < 2:
+            raise EdgeemoError(f"the probe needs emotion vectors for {model.name}: make them with "
+                               f"`edgeemo export-vector --all --model {model.name}`")
+        self.reader = HiddenStateReader(export_model(model, progress=progress))
+        self.layers = sorted({hidden_state_index(n) for v in self.vectors.values()
+                              for n in v.directions})
+        self.reference = self.neutral_mean()                              # (L, d)
+
+    def neutral_mean(self) -> np.ndarray:
+        """Mean pooled state of the shipped neutral texts at the probe's layers (cached)."""
+        key = stimuli.stimuli_hash(self.layers, stimuli.comprehension([])["neutral"])[:16]
+        path = (store.home() / "cache" / "probe" / models.model_sha256(self.model)[:16]
+                / f"neutral-{key}.npy")
+        if path.is_file():
+            return np.load(path)
+        states, _ = read_pooled(self.reader, stimuli.comprehension([])["neutral"], self.layers)
+        mean = states.mean(0)
+        with store.atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, mean)
+        return mean
+
+    def scores(self, texts: list[str]) -> list[list[tuple[str, float]]]:
+        """For each text, (emotion, score) pairs ranked best first; score = mean cosine."""
+        if not texts or any(not t.strip() for t in texts):
+            raise EdgeemoError("the probe needs non-empty text")
+        states, _ = read_pooled(self.reader, texts, self.layers)          # (n, L, d)
+        centred = states - self.reference
+        centred /= np.linalg.norm(centred, axis=-1, keepdims=True) + 1e-12
+        out = []
+        for row in centred:
+            ranked = []
+            for name, vec in self.vectors.items():
+                cos = [float(row[self.layers.index(hidden_state_index(n))] @ d / np.linalg.norm(d))
+                       for n, d in vec.directions.items()]
+                ranked.append((name, float(np.mean(cos))))
+            out.append(sorted(ranked, key=lambda p: -p[1]))
+        return out
