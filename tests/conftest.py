@@ -66,3 +66,17 @@ def default_reader(default_export):
     from edgeemo.reader import HiddenStateReader
 
     return HiddenStateReader(default_export)
+
+
+@pytest.fixture(scope="session")
+def comprehension_acts(default_export):
+    from edgeemo import extract, models
+
+    return extract.activations(models.resolve("smollm2-135m-instruct"), "comprehension")
+
+
+@pytest.fixture(scope="session")
+def generation_acts(default_export):
+    from edgeemo import extract, models
+
+    return extract.activations(models.resolve("smollm2-135m-instruct"), "generation")

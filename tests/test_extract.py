@@ -1,0 +1,133 @@
+"""Extraction, directions and localisation on the real default model (and Gemma for the curve)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeemo import analysis, emotions, extract, models, stimuli
+from edgeemo.extract import Activations
+
+
+# --- fast: pooling and directions on made-up states ---------------------------------------------
+
+def test_pooling_leaves_out_attention_sinks():
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(2, 6, 4)).astype(np.float32)
+    states[:, 0] *= 1000          # the first position, as in SmolLM2
+    states[:, 3] *= 1000          # a second sink in the middle
+    keep = extract.content_mask(states)
+    assert keep.tolist() == [False, True, True, False, True, True]
+    pooled, _ = extract.pool(states)
+    np.testing.assert_allclose(pooled, states[:, [1, 2, 4, 5]].mean(1), rtol=1e-6)
+    last, _ = extract.pool(states, how="last")
+    np.testing.assert_array_equal(last, states[:, 5])
+    assert extract.content_mask(states, start=4).tolist() == [False] * 4 + [True, True]
+
+
+def toy_activations(n_emotions=4, n=6, d=8, seed=0) -> Activations:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_emotions, 2, d)) * 3
+    by_label = {f"e{i}": (centres[i] + rng.normal(size=(n, 2, d))).astype(np.float32)
+                for i in range(n_emotions)}
+    by_label["neutral"] = rng.normal(size=(n, 2, d)).astype(np.float32)
+    return Activations("comprehension", [5, 6], by_label, np.array([10.0, 12.0]),
+                       {"n_layer": 8, "model": "toy", "architecture": "llama", "n_embd": d,
+                        "source_sha256": "0" * 64})
+
+
+def test_directions_and_their_options():
+    acts = toy_activations()
+    dirs = analysis.directions(acts)
+    np.testing.assert_allclose(dirs["e0"], acts.by_label["e0"].mean(0) - acts.by_label["neutral"].mean(0),
+                               rtol=1e-5)
+    grand = np.stack(list(analysis.directions(acts, baseline="grand").values()))
+    np.testing.assert_allclose(grand.sum(0), 0, atol=1e-4)         # grand-mean centred
+    comps = analysis.neutral_components(acts, 2)
+    denoised = analysis.directions(acts, denoise=2)["e0"]
+    assert np.abs(np.einsum("ld,lkd->lk", denoised, comps)).max() < 1e-4
+
+
+def test_separable_toy_data_scores_high_and_noise_scores_chance():
+    acts = toy_activations()
+    assert analysis.cv_accuracy(acts).min() > 0.9
+    noise = toy_activations()
+    rng = np.random.default_rng(1)
+    for k in noise.by_label:
+        noise.by_label[k] = rng.normal(size=noise.by_label[k].shape).astype(np.float32)
+    assert analysis.cv_accuracy(noise).mean() < 0.6
+    assert analysis.fisher_ratio(acts).min() > analysis.fisher_ratio(noise).max()
+
+
+def test_best_band_is_the_best_window():
+    scores = np.array([0.1, 0.2, 0.5, 0.6, 0.7, 0.65, 0.3, 0.1])
+    assert analysis.best_band(scores, list(range(2, 10)), width=3) == (5, 7)
+
+
+def test_make_vector_scales_by_residual_norm():
+    acts = toy_activations()
+    vec = analysis.make_vector(acts, "e0", analysis.directions(acts)["e0"], (5, 6), strength=0.1)
+    assert vec.layers == [4, 5]                                      # hidden k -> llama.cpp k-1
+    assert np.isclose(np.linalg.norm(vec.directions[4]), 0.1 * 10.0, rtol=1e-5)
+    assert np.isclose(np.linalg.norm(vec.directions[5]), 0.1 * 12.0, rtol=1e-5)
+    assert vec.metadata["strength"] == pytest.approx(0.1)
+    assert vec.metadata["residual_norm"] == [10.0, 12.0]
+
+
+# --- slow: the real default model ----------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["comprehension", "generation"])
+def test_heldout_classification_is_well_above_chance(method, request, default_export):
+    from edgeemo.reader import HiddenStateReader
+
+    acts = request.getfixturevalue(f"{method}_acts")
+    assert sorted(acts.emotions) == sorted(emotions.EMOTIONS)
+    band = analysis.best_band(analysis.band_scores(acts), acts.layers)
+    result = analysis.heldout_accuracy(acts, stimuli.heldout(), HiddenStateReader(default_export), band)
+    print(f"{method}: held-out top-1 {result['top1']:.3f}, top-3 {result['top3']:.3f} "
+          f"(n={result['n']}, chance {result['chance']:.2f}), band {band}")
+    assert result["top1"] >= 4 * result["chance"]
+
+
+@pytest.mark.slow
+def test_stories_are_seeded_and_cached(tmp_path, monkeypatch, default_gguf):
+    from edgeemo.steer import EmotionModel
+
+    monkeypatch.setenv("EDGEEMO_HOME", str(tmp_path))
+    runtime = EmotionModel(models.resolve(str(default_gguf)))
+    prompt = stimuli.generation_prompts("afraid")[0]
+    first = extract.write_story(runtime, prompt, seed=3, max_tokens=24)
+    cached = extract.story_cache_path(runtime.model, prompt, 3, 24)
+    assert cached.is_file()
+    cached.unlink()
+    again = extract.write_story(runtime, prompt, seed=3, max_tokens=24)
+    other = extract.write_story(runtime, prompt, seed=4, max_tokens=24)
+    assert first["story_ids"] == again["story_ids"]
+    assert other["story_ids"] != first["story_ids"]
+    assert first["prompt_ids"][:1] == runtime.prompt_ids([{"role": "user", "content": "x"}])[:1]
+
+
+def layer_curve(export_dir):
+    from edgeemo.reader import HiddenStateReader
+
+    reader = HiddenStateReader(export_dir)
+    acts = extract.comprehension(reader)
+    facts, _ = extract.read_pooled(reader, stimuli.neutral_facts(), acts.layers)
+    return analysis.layer_report(acts, facts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma3-270m"])
+def test_layer_curve_for_both_architecture_families(name, request):
+    fixture = "default_export" if name.startswith("smollm2") else "gemma_export"
+    report = layer_curve(request.getfixturevalue(fixture))
+    n_layer = report["n_layer"]
+    assert len(report["accuracy"]) == len(report["cosine"]) == len(report["anisotropy"]) == n_layer - 2
+    peak = int(np.argmax(report["accuracy"]))
+    print(f"{name}: peak accuracy {max(report['accuracy']):.3f} at depth {report['depth'][peak]:.2f}; "
+          f"best band {report['best_band']} = depth {report['best_band_depth']}")
+    assert max(report["accuracy"]) >= 5 * report["chance"]
+    assert 0.2 <= report["best_band_depth"][0] and report["best_band_depth"][1] <= 0.95
+    # emotions separate better in the middle than right after the embeddings
+    assert max(report["accuracy"]) > report["accuracy"][0] + 0.1
