@@ -70,6 +70,19 @@ def mean_pairwise_cosine(vectors: np.ndarray) -> float:
     return float((sims.sum() - np.trace(sims)) / (n * (n - 1)))
 
 
+def paired_centred(acts: Activations) -> dict[str, np.ndarray]:
+    """For generation, story i of every emotion comes from the same prompt template (a
+    character, a place); subtracting each template's mean over emotions removes what the stories
+    share by topic, so that separation measures emotion, not scenery. Other designs pass through."""
+    if not acts.info.get("paired"):
+        return acts.by_label
+    stacked = np.stack([acts.by_label[e] for e in acts.emotions])       # (E, n, L, d)
+    centred = stacked - stacked.mean(0, keepdims=True)
+    out = {e: centred[i] for i, e in enumerate(acts.emotions)}
+    out[NEUTRAL] = acts.by_label[NEUTRAL] - acts.by_label[NEUTRAL].mean(0)
+    return out
+
+
 def cv_accuracy(acts: Activations, folds: int = 4, *, baseline: str = "neutral") -> np.ndarray:
     """Cross-validated nearest-centroid accuracy per layer, over the activations' emotions.
 
@@ -78,12 +91,13 @@ def cv_accuracy(acts: Activations, folds: int = 4, *, baseline: str = "neutral")
     """
     labels = acts.emotions
     neutral_mean = acts.by_label[NEUTRAL].mean(0)                       # (L, d)
+    by_label = paired_centred(acts)
     correct = np.zeros(len(acts.layers))
     total = 0
     for f in range(folds):
         train, test = {}, []
         for e in labels:
-            x = acts.by_label[e] - neutral_mean                         # (n, L, d)
+            x = by_label[e] - neutral_mean                              # (n, L, d)
             held = np.arange(len(x)) % folds == f
             if held.all() or not held.any():
                 continue
@@ -102,7 +116,8 @@ def cv_accuracy(acts: Activations, folds: int = 4, *, baseline: str = "neutral")
 
 def fisher_ratio(acts: Activations) -> np.ndarray:
     """Between-emotion over within-emotion variance (trace), per layer."""
-    groups = [acts.by_label[e] for e in acts.emotions]                  # each (n, L, d)
+    by_label = paired_centred(acts)
+    groups = [by_label[e] for e in acts.emotions]                       # each (n, L, d)
     grand = np.concatenate(groups).mean(0)
     between = sum(len(g) * ((g.mean(0) - grand) ** 2).sum(-1) for g in groups)
     within = sum(((g - g.mean(0)) ** 2).sum(-1).sum(0) for g in groups)

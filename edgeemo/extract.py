@@ -93,7 +93,7 @@ def collect(reader: HiddenStateReader, method: str, items_by_label: dict[str, li
     for label, items in items_by_label.items():
         starts = starts_by_label[label] if starts_by_label else None
         states, norms = read_pooled(reader, items, layers, starts=starts, pooling=pooling,
-                                    batch_size=batch_size, label=label, progress=progress)
+                                    batch_size=batch_size, label=f"reading {label}", progress=progress)
         by_label[label] = states
         if label == emotions.NEUTRAL:
             neutral_norms = np.median(norms, axis=0)
@@ -178,6 +178,9 @@ def generation(runtime, reader: HiddenStateReader, labels: list[str] | None = No
     return collect(reader, "generation", items, starts, layers=layers, pooling=pooling,
                    batch_size=batch_size, progress=progress,
                    info={"seed": seed, "stories": stories, "max_tokens": max_tokens,
+                         # the generic templates come first, so story i of every emotion has
+                         # the same template while stories fit in them (analysis.paired_centred)
+                         "paired": stories <= len(stimuli.generation_prompts("any concept")),
                          "stimuli_hash": stimuli.stimuli_hash(written)})
 
 

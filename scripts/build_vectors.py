@@ -1,7 +1,11 @@
 """Rebuild the prebuilt vectors shipped in vectors/ (all 20 emotions of the default model).
 
-    python scripts/build_vectors.py                       # generation-based, seed 0
-    python scripts/build_vectors.py --method comprehension
+    python scripts/build_vectors.py                       # comprehension-based
+    python scripts/build_vectors.py --method generation --seed 0
+
+Comprehension is the default for the shipped vectors because on SmolLM2-135M it separates the
+20 emotions far better (held-out accuracy 0.77 against 0.19 for generation-based vectors, see
+the README); the 135M model's own stories are too alike to beat pre-written vignettes.
 
 Runs the same pipeline as `edgeemo export-vector --all` and writes
 vectors/<model>/<emotion>.gguf. Same inputs and seed give byte-identical files.
@@ -18,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--method", default="generation", choices=["generation", "comprehension"])
+    parser.add_argument("--method", default="comprehension", choices=["generation", "comprehension"])
     parser.add_argument("--seed", default="0")
     args = parser.parse_args()
     out = ROOT / "vectors" / args.model

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeemo import emotions
+from edgeemo import emotions, stimuli
 from edgeemo.cli import cli
 from edgeemo.vectors import ControlVector
 
@@ -35,6 +35,50 @@ def test_export_vector_writes_an_exact_llama_cpp_file(tmp_path, comprehension_ac
     again = tmp_path / "again.gguf"
     invoke("export-vector", "-e", "scared", "--method", "comprehension", "-o", str(again))
     assert again.read_bytes() == out.read_bytes()            # same inputs -> same bytes
+
+
+def test_same_inputs_give_a_byte_identical_file_from_scratch(tmp_path, monkeypatch, default_export):
+    """Two fresh stores (no cached activations) and the same stimuli give the same bytes."""
+    texts = stimuli.comprehension(["afraid", "calm"])
+    lines = [{"emotion": e, "text": t} for e in ("afraid", "calm", "neutral") for t in texts[e][:4]]
+    path = tmp_path / "few.jsonl"
+    path.write_text("\n".join(json.dumps(l) for l in lines) + "\n")
+    outputs = []
+    for run in ("a", "b"):
+        home = tmp_path / run
+        (home / "models").mkdir(parents=True)
+        (home / "models" / "smollm2-135m-instruct.gguf").symlink_to(default_gguf_path())
+        (home / "exports").mkdir()
+        (home / "exports" / default_export.parent.name).symlink_to(default_export.parent)
+        monkeypatch.setenv("EDGEEMO_HOME", str(home))
+        out = tmp_path / f"{run}.gguf"
+        result = invoke("export-vector", "-e", "afraid", "--method", "comprehension",
+                        "--stimuli", str(path), "-o", str(out))
+        assert result.exit_code == 0, result.output
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def default_gguf_path():
+    from edgeemo import models
+
+    return models.store_path(models.cards()["smollm2-135m-instruct"])
+
+
+def test_prebuilt_vectors_are_what_the_script_makes(comprehension_acts):
+    """The shipped vectors match a fresh extraction on this machine (up to float noise)."""
+    from edgeemo import analysis, models
+
+    band = analysis.best_band(analysis.band_scores(comprehension_acts), comprehension_acts.layers)
+    dirs = analysis.directions(comprehension_acts)
+    shipped_dir = models.shipped_dir("vectors") / "smollm2-135m-instruct"
+    for emotion in ("afraid", "happy", "grateful"):
+        fresh = analysis.make_vector(comprehension_acts, emotion, dirs[emotion], band)
+        shipped = ControlVector.from_gguf(shipped_dir / f"{emotion}.gguf")
+        assert fresh.layers == shipped.layers
+        for n in fresh.layers:
+            a, b = fresh.directions[n], shipped.directions[n]
+            assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
 
 
 def test_export_vector_layers_and_strength_options(tmp_path, comprehension_acts):

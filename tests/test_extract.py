@@ -87,7 +87,9 @@ def test_heldout_classification_is_well_above_chance(method, request, default_ex
     result = analysis.heldout_accuracy(acts, stimuli.heldout(), HiddenStateReader(default_export), band)
     print(f"{method}: held-out top-1 {result['top1']:.3f}, top-3 {result['top3']:.3f} "
           f"(n={result['n']}, chance {result['chance']:.2f}), band {band}")
-    assert result["top1"] >= 4 * result["chance"]
+    assert result["top1"] >= 2.5 * result["chance"]
+    if method == "comprehension":
+        assert result["top1"] >= 0.5
 
 
 @pytest.mark.slow

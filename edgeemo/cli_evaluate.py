@@ -1,0 +1,231 @@
+"""The `edgeemo evaluate` and `edgeemo calibrate` commands (registered on the main group in cli.py).
+
+Both run the steering evaluation of ``evaluate.py``: data goes to stdout (a table, or one JSON
+document with --json), progress to stderr, and user errors are raised as EdgeemoError, which the
+main group prints as one line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .errors import EdgeemoError
+
+
+def _progress(message: str) -> None:
+    click.echo(f"edgeemo: {message}", err=True)
+
+
+def _step(label: str, done: int, total: int) -> None:
+    """A live line on a terminal; one line per finished step (a cell, the baseline) otherwise."""
+    if sys.stderr.isatty():
+        click.echo(f"\redgeemo: {label} {done}/{total}   ", err=True, nl=done == total)
+    elif done == total:
+        click.echo(f"edgeemo: {label} {done}/{total}", err=True)
+
+
+def _emotions(spec: str) -> list[str]:
+    from . import emotions
+
+    if spec.strip().lower() == "all":
+        return list(emotions.EMOTIONS)
+    names = [emotions.canonical(part) for part in spec.split(",") if part.strip()]
+    if not names:
+        raise EdgeemoError("give emotions as a,b,c or all")
+    return list(dict.fromkeys(names))
+
+
+def _strengths(spec: str) -> list[float]:
+    from .steer import check_strength
+
+    values = []
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise EdgeemoError(f"bad strength '{part.strip()}': give numbers like 0.04,0.08") from None
+        check_strength(value)
+        if value <= 0:
+            raise EdgeemoError(f"strength {value} is not positive: evaluate steers towards an "
+                               f"emotion, give strengths like 0.04,0.08")
+        values.append(value)
+    if not values:
+        raise EdgeemoError("give at least one strength, e.g. --strengths 0.04,0.08")
+    return sorted(set(values))
+
+
+def _load(model, seed):
+    from . import models
+    from .steer import EmotionModel
+
+    resolved = models.ensure(model, progress=_progress)
+    return EmotionModel(resolved, seed=seed)
+
+
+model_argument = click.argument("model", required=False)
+emotions_option = click.option("--emotions", "emotion_spec", default="all", show_default=True,
+                               help="Emotions to steer with: a,b,c or all.")
+seed_option = click.option("--seed", type=int, default=0, show_default=True,
+                           help="Sampling seed (same seed, same numbers).")
+
+
+@click.command(name="evaluate")
+@model_argument
+@emotions_option
+@click.option("--strengths", "strength_spec", default="0.04,0.08", show_default=True,
+              help="Strengths to try (fractions of the residual norm), comma-separated.")
+@click.option("--scenarios", "scenario_spec", default="8", show_default=True,
+              help="A number of scenarios (spread over the kinds) or comma-separated ids, or all.")
+@seed_option
+@click.option("--max-tokens", type=click.IntRange(1, 512), default=60, show_default=True)
+@click.option("--json", "json_", is_flag=True, help="Print the whole result as one JSON document.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Write result.json, report.md and plots to this directory.")
+def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, seed, max_tokens, json_,
+                     report_dir):
+    """Measure steering: success per judge, regimes, and language drift.
+
+    \b
+    Every scenario is answered once unsteered, then once per emotion × strength with the same
+    seed. Judges: lexicon (Empath categories, VADER valence) and probe (the model's own readout).
+    Regimes: surgical (fluent, tone moved), repetitive (loops), explosive (breaks apart).
+
+    \b
+    Examples:
+      edgeemo evaluate --emotions afraid,happy --strengths 0.04,0.08 --scenarios 4
+      edgeemo evaluate --emotions all --strengths 0.08 --scenarios all --report eval-report
+    """
+    from . import evaluate as ev
+
+    names = _emotions(emotion_spec)
+    strengths = _strengths(strength_spec)
+    scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec)
+    runtime = _load(model, seed)
+    _progress(f"{len(names)} emotions × {len(strengths)} strengths × {len(scenarios)} scenarios "
+              f"= {len(names) * len(strengths) * len(scenarios)} steered replies")
+    result = ev.evaluate(runtime, names, strengths, scenarios, seed=seed, max_tokens=max_tokens,
+                         progress=_step)
+    if report_dir:
+        paths = ev.write_report(result, report_dir)
+        _progress(f"report written to {paths['markdown']}")
+    if json_:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    print_summary(result)
+
+
+def print_summary(result: dict) -> None:
+    from .evaluate import REGIMES, strength_key
+
+    st, sm = result["settings"], result["summary"]
+    judges = st["judges"]
+    head = f"{'emotion':14}" + "".join(f" {j:>8}" for j in judges) + \
+        "".join(f" {r[:5]:>6}" for r in REGIMES)
+    click.echo(head)
+    for e in st["emotions"]:
+        reg = sm["regimes"]["per_emotion"][e]
+        click.echo(f"{e:14}" + "".join(f" {_pct(sm['success'][j]['per_emotion'][e]):>8}"
+                                       for j in judges)
+                   + "".join(f" {_pct(reg[r]):>6}" for r in REGIMES))
+    for k in (strength_key(s) for s in st["strengths"]):
+        reg = sm["regimes"]["per_strength"][k]
+        click.echo(f"{'@ ' + k:14}" + "".join(f" {_pct(sm['success'][j]['per_strength'][k]):>8}"
+                                              for j in judges)
+                   + "".join(f" {_pct(reg[r]):>6}" for r in REGIMES))
+    overall = ", ".join(f"{j} {_pct(sm['success'][j]['overall'])}" for j in judges)
+    click.echo(f"success: {overall}; surgical {_pct(sm['regimes']['overall']['surgical'])} "
+               f"(baseline {_pct(sm['regimes']['baseline']['surgical'])}); "
+               f"language drift in {sm['drift']['steered']} of {sm['n_samples']} replies; "
+               f"{result['timing']['total_seconds']:.0f} s")
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+@click.command(name="calibrate")
+@model_argument
+@emotions_option
+@click.option("--strengths", "strength_spec", default="0.03,0.05,0.08,0.12,0.16",
+              show_default=True, help="Candidate strengths, comma-separated.")
+@click.option("--scenarios", "scenario_spec", default="8", show_default=True,
+              help="A number of scenarios (spread over the kinds) or comma-separated ids.")
+@seed_option
+@click.option("--max-tokens", type=click.IntRange(1, 512), default=48, show_default=True)
+@click.option("--judge", type=click.Choice(["both", "lexicon", "probe"]), default="both",
+              show_default=True, help="Whose success rate picks the strength (both = their mean).")
+@click.option("--prebuilt", is_flag=True, help="Rewrite the prebuilt vectors shipped in the "
+                                               "repository's vectors/<model>/ instead of the store's.")
+@click.option("--dry-run", is_flag=True, help="Report the chosen strengths; write no file.")
+@click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, max_tokens, judge,
+                      prebuilt, dry_run, json_):
+    """Pick each emotion's strength and write it into its vector file.
+
+    \b
+    Per emotion, the candidate strengths whose replies are at least 80% surgical form the window;
+    the one with the best success rate wins (the smaller on a tie). The vector's tensors are then
+    rescaled so stock llama.cpp at scale 1.0 steers at that strength.
+
+    \b
+    Examples:
+      edgeemo calibrate --emotions afraid
+      edgeemo calibrate --emotions all --prebuilt
+    """
+    from . import evaluate as ev
+    from . import models
+    from .steer import find_vector, vector_dirs
+
+    names = _emotions(emotion_spec)
+    strengths = _strengths(strength_spec)
+    scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec)
+    runtime = _load(model, seed)
+    sources = {}
+    for name in names:
+        if prebuilt:
+            if runtime.model.card is None:
+                raise EdgeemoError(f"{runtime.model.name} is a local file: it has no prebuilt "
+                                   f"vectors; calibrate the store's without --prebuilt")
+            path = models.shipped_dir("vectors") / runtime.model.card.name / f"{name}.gguf"
+            if not path.is_file():
+                raise EdgeemoError(f"no prebuilt '{name}' vector at {path}: build them with "
+                                   f"scripts/build_vectors.py")
+        else:
+            path = find_vector(runtime.model, name)
+            if path is None:
+                raise EdgeemoError(f"no '{name}' vector for {runtime.model.name}: make one with "
+                                   f"`edgeemo export-vector --emotion {name}`")
+        sources[name] = path
+        # evaluate the very file that will be rewritten
+        runtime.vectors[name] = runtime.vector(str(path))
+    store_dir = vector_dirs(runtime.model)[0]
+    chosen = ev.calibrate(runtime, names, strengths, scenarios, seed=seed, max_tokens=max_tokens,
+                          judge=judge, progress=_step)
+    for name, info in chosen.items():
+        info["source"] = str(sources[name])
+        if info["strength"] is None or dry_run:
+            info["written"] = None
+            continue
+        target = sources[name] if prebuilt else store_dir / f"{name}.gguf"
+        info["written"] = str(ev.apply_calibration(sources[name], info["strength"], info,
+                                                   output=target))
+    if json_:
+        click.echo(json.dumps(chosen, indent=2))
+        return
+    click.echo(f"{'emotion':14} {'strength':>8} {'success':>8} {'surgical':>8}  window")
+    for name, info in chosen.items():
+        window = ",".join(f"{s:g}" for s in info["window"]) or "none"
+        if info["strength"] is None:
+            click.echo(f"{name:14} {'-':>8} {'-':>8} {'-':>8}  {window}  (no strength keeps 80% "
+                       f"of replies surgical; vector left as it was)")
+            continue
+        click.echo(f"{name:14} {info['strength']:>8g} {_pct(info['success_rate']):>8} "
+                   f"{_pct(info['surgical_share']):>8}  {window}")
+    written = [i["written"] for i in chosen.values() if i.get("written")]
+    if written:
+        _progress(f"wrote {len(written)} calibrated vector(s) to {written[0].rsplit('/', 1)[0]}")
