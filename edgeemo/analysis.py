@@ -270,7 +270,7 @@ def plot_layers(reports: list[dict], path) -> None:
                     label=f"{rep['model']} anisotropy (neutral cosine)")
     ax.axhline(reports[0]["chance"], color="grey", lw=0.8, ls="--", label="chance")
     ax.set_xlabel("relative depth (hidden state / n_layer)")
-    ax.set_ylabel("held-out nearest-centroid accuracy")
+    ax.set_ylabel("held-out accuracy · neutral cosine")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     ax.set_title("Where emotions separate")

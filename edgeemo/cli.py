@@ -199,9 +199,9 @@ def layers_report(model, method, pooling="mean", seed=0):
 @click.option("--plot", type=click.Path(dir_okay=False), help="Draw the curve to this PNG file.")
 def layers(model, method, pooling, seed, json_, plot):
     """Where emotions live: per-layer separation scores against relative depth."""
-    from . import analysis, models as models_
+    from . import analysis
 
-    resolved = models_.ensure(model, progress=progress)
+    resolved = models.ensure(model, progress=progress)
     _, report = layers_report(resolved, method, pooling, seed)
     path = models.store.home() / "reports" / f"{resolved.name}-{method}-layers.json"
     models.store.write_text(path, json.dumps(report, indent=2))
@@ -458,9 +458,8 @@ def print_side_by_side(columns: list[tuple[str, str]]) -> None:
         click.echo(f"{left:<{col}} | {right}".rstrip())
 
 
-CHAT_HELP = """\
-commands: /emotion NAME[:S][,NAME:S]  /strength S  /off  /reset  /show  /help  (exit, quit or Ctrl-D
-leave; Ctrl-C stops a reply)"""
+CHAT_HELP = ("commands: /emotion NAME[:S][,NAME:S]  /strength S  /off  /reset  /show  /help; "
+             "exit, quit or Ctrl-D leave; Ctrl-C stops a reply")
 
 
 @cli.command()

@@ -1,0 +1,143 @@
+"""End to end: time and peak memory to make the emotion vectors, and to export the model.
+
+    python benchmarks/bench_endtoend.py                 # all 20 emotions, both methods, export
+    python benchmarks/bench_endtoend.py --quick         # 2 emotions, 1 story each, no export
+
+Each stage runs in a fresh process on a fresh store (a temporary EDGEEMO_HOME) that holds only
+the default model's GGUF and, for extraction, its fp32 ONNX export (symlinked from the current
+store): no stories, activations or vectors are cached. A stage does what
+``edgeemo export-vector --all --method M`` does: load, read (and for generation, first write the
+stories with llama.cpp), choose the band, compute the directions and write one GGUF per emotion.
+
+* comprehension: the model reads the shipped vignettes (all texts of every emotion, and neutral).
+* generation: the model writes 6 stories per emotion and 12 neutral ones (160 tokens each), then
+  reads them back; by far the longest stage (about 8 minutes on a quiet 2-core machine).
+* export-model: GGUF -> ONNX fp32 (transformers + optimum) in a store with only the GGUF; then
+  the int8 quantization of that export. Skipped in --quick.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import benchlib
+
+FULL = {"model": benchlib.DEFAULT_MODEL, "emotions": None, "texts_per_label": None,
+        "stories": 6, "neutral_stories": 12, "story_tokens": 160, "export": True,
+        "timeout": 3600}
+QUICK = {"emotions": "afraid,happy", "texts_per_label": 4, "stories": 1, "neutral_stories": 2,
+         "story_tokens": 24, "export": False, "timeout": 600}
+
+
+def make_vectors(model_name: str, method: str, emotion_names: list[str] | None,
+                 texts_per_label: int | None, stories: int, neutral_stories: int,
+                 story_tokens: int, threads: int) -> dict:
+    """What ``edgeemo export-vector --all`` does, timed step by step (run in a fresh process)."""
+    from edgeemo import analysis, emotions, export, extract, models, stimuli
+    from edgeemo.reader import HiddenStateReader
+    from edgeemo.steer import EmotionModel, vector_dirs
+
+    steps = {}
+    mark = time.perf_counter()
+
+    def step(name):
+        nonlocal mark
+        now = time.perf_counter()
+        steps[name] = now - mark
+        mark = now
+
+    model = models.ensure(model_name)
+    reader = HiddenStateReader(export.export_model(model), threads=threads)
+    names = list(emotion_names or emotions.EMOTIONS)
+    step("load")
+    if method == "comprehension":
+        texts = stimuli.comprehension(names)
+        if texts_per_label:
+            texts = {k: v[:texts_per_label if k != "neutral" else 2 * texts_per_label]
+                     for k, v in texts.items()}
+        acts = extract.comprehension(reader, texts)
+        n_items = sum(len(v) for v in texts.values())
+        step("read")
+    else:
+        runtime = EmotionModel(model, seed=0, threads=threads)
+        step("load llama.cpp")
+        acts = extract.generation(runtime, reader, names, stories=stories,
+                                  neutral_stories=neutral_stories, max_tokens=story_tokens, seed=0)
+        n_items = sum(len(v) for v in acts.by_label.values())
+        step("write and read stories")
+    band = analysis.best_band(analysis.band_scores(acts), acts.layers)
+    dirs = analysis.directions(acts)
+    out = vector_dirs(model)[0]
+    for name in acts.emotions:
+        analysis.make_vector(acts, name, dirs[name], band).to_gguf(out / f"{name}.gguf")
+    step("band, directions and vectors")
+    return {"steps": steps, "vectors": len(acts.emotions), "items": n_items,
+            "band": [int(band[0]), int(band[1])]}
+
+
+def export_stage(model_name: str, precision: str) -> dict:
+    from edgeemo import export, models
+
+    out = export.export_model(models.ensure(model_name), precision)
+    return {"onnx_mb": export.onnx_size(out) / 1e6}
+
+
+def run(quick: bool = False, threads: int | None = None, overrides: list[str] | None = None) -> dict:
+    settings = benchlib.settings_for(FULL, QUICK, quick, overrides)
+    threads = threads or benchlib.default_threads()
+    report = benchlib.Report("endtoend", "End to end: vectors for every emotion, and the export",
+                             quick=quick, settings={**settings, "threads": threads})
+    names = settings["emotions"].split(",") if settings["emotions"] else None
+    label = f"{len(names)} emotions" if names else "all 20 emotions"
+    paths = None
+    with report.part("prepare the model and its export"):
+        paths = benchlib.prepare(settings["model"], ("fp32",))
+    if paths:
+        for method in ("comprehension", "generation"):
+            with report.part(f"{method}-based vectors, {label}"):
+                home = benchlib.fresh_store(settings["model"], gguf=paths["gguf"],
+                                            exports={"fp32": paths["exports"]["fp32"]})
+                try:
+                    stage = benchlib.isolated(
+                        make_vectors, settings["model"], method, names,
+                        settings["texts_per_label"], settings["stories"],
+                        settings["neutral_stories"], settings["story_tokens"], threads,
+                        env={"EDGEEMO_HOME": str(home)}, timeout=settings["timeout"])
+                finally:
+                    shutil.rmtree(home, ignore_errors=True)
+                value = stage["value"]
+                report.row(f"{method}: time, {label}", stage["wall"], "s", headline=True,
+                           note=f"{value['vectors']} vectors from {value['items']} texts; "
+                                + ", ".join(f"{k} {v:.1f} s" for k, v in value["steps"].items()))
+                report.row(f"{method}: peak memory", stage["peak_mb"], "MB", headline=True)
+                report.data[method] = benchlib.rounded(stage)
+
+    if not settings["export"]:
+        report.skip("export-model", "skipped in --quick (an export takes about 1.5 minutes); "
+                                    "the full run measures it")
+        return report.to_dict()
+    with report.part("export-model (fp32, then int8)"):
+        from edgeemo import export, models
+
+        model = models.ensure(settings["model"])
+        export.require_export_extra()
+        home = benchlib.fresh_store(settings["model"], gguf=model.path)
+        try:
+            for precision in ("fp32", "int8"):
+                stage = benchlib.isolated(export_stage, settings["model"], precision,
+                                          env={"EDGEEMO_HOME": str(home)},
+                                          timeout=settings["timeout"])
+                what = "export-model" if precision == "fp32" else "int8 quantization of the export"
+                report.row(f"{what}: time", stage["wall"], "s", headline=precision == "fp32",
+                           note=f"model.onnx {stage['value']['onnx_mb']:.0f} MB")
+                report.row(f"{what}: peak memory", stage["peak_mb"], "MB",
+                           headline=precision == "fp32")
+                report.data[f"export_{precision}"] = benchlib.rounded(stage)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+    return report.to_dict()
+
+
+if __name__ == "__main__":
+    benchlib.main(run, __doc__)

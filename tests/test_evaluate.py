@@ -1,0 +1,370 @@
+"""Steering evaluation: the regime classifier, language drift and the lexicon judge on constructed
+texts (fast), then the whole evaluation, calibration and the regimes of real steered replies on the
+default model (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeemo import evaluate as ev
+
+FLUENT_AFRAID = ("I heard something move in the dark hallway and my heart started pounding. I held "
+                 "my breath, too scared to call out, trembling with dread until the footsteps "
+                 "stopped.")
+FLUENT_PLAIN = ("My morning was quiet. I made coffee, read the news for a while and then walked "
+                "to the bakery on the corner to buy bread for lunch.")
+
+
+# --- regimes on constructed texts ----------------------------------------------------------------
+
+@pytest.mark.parametrize("text", [FLUENT_AFRAID, FLUENT_PLAIN,
+                                  "## Breakfast\n- Two eggs at **7am**\n- Coffee, about 250 ml\n"
+                                  "1. Then a walk of 3,000 steps (2.5 km) to the U.S. embassy.",
+                                  "Oh no... I don't know what to do! It's 3:30 and she's still "
+                                  "not home — hmm, maybe I should call?"])
+def test_fluent_text_is_surgical(text):
+    features = ev.surface_features(text)
+    assert features["nonword_share"] <= ev.NONWORD_EXPLOSIVE
+    assert ev.regime(features) == "surgical"
+
+
+@pytest.mark.parametrize("text", ["I was. I was. I was. I was. I was. I was. I was. I was.",
+                                  "the fear the fear the fear the fear the fear the fear",
+                                  "I am so happy, so happy, so happy, so happy, so happy, so "
+                                  "happy, so happy."])
+def test_loops_are_repetitive(text):
+    features = ev.surface_features(text)
+    assert features["repeat3"] >= ev.REPEAT3_REPETITIVE
+    assert ev.regime(features) == "repetitive"
+
+
+@pytest.mark.parametrize("text", ["A shakin'd ,, the eyes qxz ##", "", "   \n\t ",
+                                  "!!!! ,, ;; qxz vbnm .,. ##", "ran,the icy#cold qxz wwt a1b3c"])
+def test_broken_text_is_explosive(text):
+    assert ev.classify_text(text) == "explosive"
+
+
+def test_nonword_heuristic():
+    for word in ("hello", "don't", "well-known", "3,000", "3:30", "4th", "U.S.", "H2O", "(maybe)",
+                 "**bold**", "rhythm", "hmm", "TV", "and/or", "café", "—"):
+        assert not ev.is_nonword(word), word
+    for word in (",,", "##", "qxz", "ran,the", "a1b", "abc\ufffd", "helloпривет", "!!!!"):
+        assert ev.is_nonword(word), word
+    assert not ev.is_nonword("##", line_start=True)             # a markdown heading
+
+
+def test_perplexity_ratio_decides_between_fluent_and_broken():
+    features = ev.surface_features(FLUENT_AFRAID)
+    assert ev.regime({**features, "ppl_ratio": 1.4}) == "surgical"
+    assert ev.regime({**features, "ppl_ratio": ev.PPL_RATIO_EXPLOSIVE * 2}) == "explosive"
+    assert ev.regime({**features, "ppl_ratio": None}) == "surgical"
+
+
+def test_repetition_needs_enough_words():
+    assert ev.classify_text("Yes yes yes.") == "surgical"
+
+
+# --- language drift ------------------------------------------------------------------------------
+
+def test_chinese_in_an_english_reply_is_drift():
+    drift = ev.language_drift("Tell me about your morning.",
+                              "My morning was 非常好 and I felt calm 今天.")
+    assert drift["drifted"]
+    assert drift["foreign_scripts"] == ["HAN"]
+    assert drift["tokens"] == ["非常好", "今天."]
+    assert 0 < drift["foreign_share"] < 1
+
+
+def test_english_reply_is_not_drift():
+    drift = ev.language_drift("Tell me about your morning.", FLUENT_PLAIN)
+    assert not drift["drifted"] and drift["tokens"] == [] and drift["foreign_share"] == 0
+
+
+def test_french_with_accents_is_not_drift():
+    prompt = "Pourquoi le café est-il si amer ? Réponds en quelques phrases, s'il te plaît."
+    assert not ev.language_drift(prompt, "Le café est amer à cause de la torréfaction.")["drifted"]
+    assert not ev.language_drift(prompt, FLUENT_PLAIN)["drifted"]
+
+
+def test_cyrillic_and_arabic_are_drift_and_the_prompt_sets_the_expected_script():
+    assert ev.language_drift("How are you?", "I am fine, спасибо.")["foreign_scripts"] == ["CYRILLIC"]
+    assert ev.language_drift("How are you?", "Fine, شكرا")["foreign_scripts"] == ["ARABIC"]
+    assert not ev.language_drift("Как дела?", "Хорошо, спасибо!")["drifted"]
+    assert ev.language_drift("Как дела?", "Fine, thanks!")["foreign_scripts"] == ["LATIN"]
+
+
+def test_digits_punctuation_and_emoji_are_not_a_script():
+    assert not ev.language_drift("Tell me a number.", "42! 🙂 — «3,5 %»")["drifted"]
+
+
+# --- the lexicon judge ----------------------------------------------------------------------------
+
+def test_fearful_text_scores_higher_on_afraid_than_neutral_text():
+    fearful = ev.lexicon_scores("I was terrified and trembling, frozen with dread and panic.")
+    neutral = ev.lexicon_scores("The post office opens at nine and closes at five on weekdays.")
+    assert fearful["afraid"] > neutral["afraid"] + ev.LEXICON_MARGIN
+    assert neutral["afraid"] == 0
+
+
+def test_valence_of_happy_text_is_above_sad_text():
+    happy = ev.lexicon_scores("What a wonderful day! I'm so happy and grateful, everything is great.")
+    sad = ev.lexicon_scores("I feel miserable and alone; everything is hopeless and grey.")
+    assert happy["valence"] > 0.5 > -0.5 > sad["valence"]
+
+
+def test_lexicon_covers_mapped_emotions_and_lists_the_rest():
+    scores = ev.lexicon_scores(FLUENT_PLAIN)
+    assert set(scores) == set(ev.EMPATH_MAP) | {"valence"}
+    assert set(ev.EMPATH_MAP) | set(ev.UNMAPPED) == set(ev.emotions_mod.EMOTIONS)
+    assert not set(ev.EMPATH_MAP) & set(ev.UNMAPPED)
+    assert ev.lexicon_scores("") == {**dict.fromkeys(ev.EMPATH_MAP, 0.0), "valence": 0.0}
+
+
+def test_lexicon_words_find_inflected_forms():
+    assert ev.lexicon_words("Dreading the worries, fears...") == ["dread", "the", "worry", "fear"]
+    assert ev.lexicon_words("AFRAID!") == ["afraid"]
+
+
+def test_lexicon_judgement_uses_valence_for_unmapped_emotions():
+    calm, bleak = ev.lexicon_scores(FLUENT_PLAIN), ev.lexicon_scores(
+        "Everything is hopeless, dark and miserable; nothing will ever get better.")
+    verdict = ev.lexicon_judgement("gloomy", bleak, calm)            # gloomy: valence goes down
+    assert verdict["measure"] == "valence" and verdict["success"] and verdict["delta"] > 0
+    assert not ev.lexicon_judgement("grateful", bleak, calm)["success"]
+    afraid = ev.lexicon_judgement("afraid", ev.lexicon_scores(FLUENT_AFRAID), calm)
+    assert afraid["measure"] == "empath" and afraid["success"]
+    assert not ev.lexicon_judgement("afraid", calm, calm)["success"]   # no change is no success
+
+
+def test_select_scenarios():
+    four = ev.select_scenarios(4)
+    assert [s["kind"] for s in four] == ["neutral", "opposite", "conversational", "story"]
+    assert [s["id"] for s in ev.select_scenarios("s02,s01")] == ["s02", "s01"]
+    assert len(ev.select_scenarios()) == len(ev.select_scenarios(1000)) == 44
+    with pytest.raises(ev.EdgeemoError):
+        ev.select_scenarios("s99")
+
+
+# --- calibration on a constructed vector ----------------------------------------------------------
+
+def _vector(tmp_path, strength=0.08):
+    from edgeemo.vectors import ControlVector
+
+    rng = np.random.default_rng(0)
+    norms = [10.0, 12.0, 15.0]
+    directions = {}
+    for layer, norm in zip((3, 4, 5), norms):
+        d = rng.normal(size=16)
+        directions[layer] = d / np.linalg.norm(d) * strength * norm
+    meta = {"emotion": "afraid", "strength": strength, "residual_norm": norms,
+            "direction_scale": [strength * n for n in norms], "method": "comprehension"}
+    path = tmp_path / "afraid.gguf"
+    ControlVector("llama", 16, directions, meta).to_gguf(path)
+    return path
+
+
+def test_apply_calibration_rescales_tensors_and_keeps_the_rest(tmp_path):
+    from edgeemo.vectors import ControlVector
+
+    path = _vector(tmp_path)
+    before = ControlVector.from_gguf(path)
+    info = {"success_rate": 0.5, "surgical_share": 0.875, "judge": "both",
+            "window": [0.03, 0.05], "seed": 0, "scenarios": ["s01", "s12"],
+            "per_strength": {"0.03": {"strength": 0.03}, "0.05": {"strength": 0.05}}}
+    out = ev.apply_calibration(path, 0.05, info, output=tmp_path / "out.gguf")
+    after = ControlVector.from_gguf(out)
+    assert after.layers == before.layers and after.model_hint == before.model_hint
+    for layer, norm in zip(after.layers, after.metadata["residual_norm"]):
+        assert np.linalg.norm(after.directions[layer]) == pytest.approx(0.05 * norm, rel=1e-5)
+        cos = after.directions[layer] @ before.directions[layer] / (
+            np.linalg.norm(after.directions[layer]) * np.linalg.norm(before.directions[layer]))
+        assert cos == pytest.approx(1.0, abs=1e-6)
+    m = after.metadata
+    assert m["strength"] == 0.05 and m["calibrated"] is True
+    assert m["direction_scale"] == pytest.approx([0.05 * n for n in m["residual_norm"]], rel=1e-6)
+    assert m["calibration_success_rate"] == 0.5 and m["calibration_surgical_share"] == 0.875
+    assert m["calibration_previous_strength"] == 0.08
+    untouched = {k: v for k, v in before.metadata.items() if k not in ("strength", "direction_scale")}
+    assert {k: m[k] for k in untouched} == untouched
+    # calibrating again starts from the unit direction: same tensors
+    again = ControlVector.from_gguf(ev.apply_calibration(out, 0.05, info,
+                                                         output=tmp_path / "again.gguf"))
+    for layer in after.layers:
+        np.testing.assert_allclose(again.directions[layer], after.directions[layer], rtol=1e-6)
+    assert again.metadata["calibration_previous_strength"] == 0.05
+
+
+def test_apply_calibration_refuses_foreign_vectors(tmp_path):
+    from edgeemo.vectors import ControlVector
+
+    path = tmp_path / "foreign.gguf"
+    ControlVector("llama", 4, {1: np.ones(4)}).to_gguf(path)
+    with pytest.raises(ev.EdgeemoError, match="residual_norm"):
+        ev.apply_calibration(path, 0.05)
+
+
+def test_report_from_a_constructed_result(tmp_path):
+    result = _constructed_result()
+    paths = ev.write_report(result, tmp_path / "report")
+    assert json.loads(paths["json"].read_text())["summary"]["n_samples"] == 2
+    text = paths["markdown"].read_text()
+    assert "success (lexicon)" in text and "explosive" in text
+    for kind in ("regimes", "success"):
+        assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in (tmp_path / "report").iterdir() if p.name.endswith(".tmp")]
+
+
+def _constructed_result() -> dict:
+    base_text = FLUENT_PLAIN
+    baseline = [{"scenario": "s01", "kind": "neutral", "prompt": "Tell me about your morning.",
+                 "text": base_text, "features": ev.surface_features(base_text),
+                 "regime": "surgical", "lexicon": ev.lexicon_scores(base_text),
+                 "drift": ev.language_drift("Tell me about your morning.", base_text)}]
+    samples = []
+    for strength, text in ((0.05, FLUENT_AFRAID), (0.4, "A shakin'd ,, the eyes qxz ##")):
+        samples.append({"emotion": "afraid", "strength": strength, "scenario": "s01",
+                        "kind": "neutral", "text": text, "features": ev.surface_features(text),
+                        "regime": ev.classify_text(text),
+                        "drift": ev.language_drift("Tell me about your morning.", text),
+                        "judges": {"lexicon": ev.lexicon_judgement(
+                            "afraid", ev.lexicon_scores(text), baseline[0]["lexicon"])}})
+    result = {"settings": {"model": "test", "emotions": ["afraid"], "strengths": [0.05, 0.4],
+                           "scenarios": ["s01"], "seed": 0, "max_tokens": 48,
+                           "temperature": 0.7, "judges": ["lexicon"],
+                           "margins": {"lexicon": ev.LEXICON_MARGIN,
+                                       "valence": ev.VALENCE_MARGIN, "probe": ev.PROBE_MARGIN},
+                           "thresholds": {"repeat3_repetitive": ev.REPEAT3_REPETITIVE,
+                                          "distinct2_repetitive": ev.DISTINCT2_REPETITIVE,
+                                          "nonword_explosive": ev.NONWORD_EXPLOSIVE,
+                                          "ppl_ratio_explosive": ev.PPL_RATIO_EXPLOSIVE},
+                           "lexicon_valence_only": []},
+              "baseline": baseline, "samples": samples}
+    result["summary"] = ev.summarize(result)
+    return result
+
+
+def test_summary_of_a_constructed_result():
+    sm = _constructed_result()["summary"]
+    assert sm["success"]["lexicon"]["cells"]["afraid"] == {"0.05": 1.0, "0.4": 0.0}
+    assert sm["regimes"]["cells"]["afraid"]["0.05"]["surgical"] == 1.0
+    assert sm["regimes"]["cells"]["afraid"]["0.4"]["explosive"] == 1.0
+    assert sm["success"]["lexicon"]["surgical_among_successes"] == 1.0
+    assert sm["drift"]["steered"] == 0
+
+
+# --- the real default model -----------------------------------------------------------------------
+
+EMOTION = "afraid"
+
+
+@pytest.fixture(scope="module")
+def vectors(default_export):
+    """The default model's vectors: prebuilt or in the test store, made there if missing."""
+    from edgeemo import models
+    from edgeemo.steer import find_vector
+
+    model = models.resolve("smollm2-135m-instruct")
+    if any(find_vector(model, e) is None for e in ("afraid", "happy")):
+        env = {**os.environ, "EDGEEMO_HOME": os.environ["EDGEEMO_HOME"]}
+        subprocess.run([sys.executable, "-m", "edgeemo", "export-vector", "--all", "--method",
+                        "comprehension", "--model", model.name], check=True, env=env,
+                       capture_output=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def runtime(vectors):
+    from edgeemo.steer import EmotionModel
+
+    return EmotionModel(vectors, seed=0)
+
+
+@pytest.fixture(scope="module")
+def scorer(runtime):
+    return ev.Scorer(runtime.model.path)
+
+
+def _regimes_at(runtime, scorer, strength, scenarios):
+    out = []
+    for s in scenarios:
+        ids = runtime.prompt_ids([{"role": "user", "content": s["prompt"]}])
+        runtime.clear()
+        base = runtime.generate(s["prompt"], max_tokens=48, seed=0)
+        runtime.steer({EMOTION: strength})
+        text = runtime.generate(s["prompt"], max_tokens=48, seed=0)
+        out.append(ev.regime(ev.text_features(text, base, ids, scorer)))
+    runtime.clear()
+    return out
+
+
+@pytest.mark.slow
+def test_regimes_of_real_replies(runtime, scorer):
+    scenarios = ev.select_scenarios(4)
+    low = _regimes_at(runtime, scorer, 0.03, scenarios)
+    medium = _regimes_at(runtime, scorer, 0.1, scenarios)
+    high = _regimes_at(runtime, scorer, 0.6, scenarios)
+    assert low.count("surgical") >= 3, low
+    assert "surgical" not in high, high
+    assert high.count("explosive") + high.count("repetitive") == len(scenarios)
+    assert medium.count("surgical") <= low.count("surgical"), (low, medium)
+
+
+@pytest.mark.slow
+def test_unsteered_perplexity_ratio_is_one(runtime, scorer):
+    s = ev.select_scenarios(1)[0]
+    runtime.clear()
+    text = runtime.generate(s["prompt"], max_tokens=32, seed=0)
+    ids = runtime.prompt_ids([{"role": "user", "content": s["prompt"]}])
+    features = ev.text_features(text, text, ids, scorer)
+    assert features["ppl_ratio"] == 1.0 and 1.0 < features["ppl"] < 50
+
+
+@pytest.mark.slow
+def test_evaluate_is_reproducible(runtime, tmp_path):
+    scenarios = ev.select_scenarios(3)
+    runs = [ev.evaluate(runtime, ["afraid", "happy"], [0.04, 0.1], scenarios, seed=0,
+                        max_tokens=32) for _ in range(2)]
+    first, second = runs
+    assert len(first["samples"]) == 2 * 2 * 3 and len(first["baseline"]) == 3
+    assert [s["text"] for s in first["samples"]] == [s["text"] for s in second["samples"]]
+    assert first["summary"] == second["summary"]
+    sm = first["summary"]
+    for judge in ("lexicon", "probe"):
+        assert 0 <= sm["success"][judge]["overall"] <= 1
+        assert set(sm["success"][judge]["per_strength"]) == {"0.04", "0.1"}
+    assert sum(sm["regimes"]["overall"].values()) == pytest.approx(1.0)
+    assert all(s["judges"]["probe"]["steered"] is not None or s["features"]["empty"]
+               for s in first["samples"])
+    paths = ev.write_report(first, tmp_path / "report")
+    assert paths["markdown"].is_file() and paths["regimes"].stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_calibrate_one_emotion_writes_the_chosen_strength(runtime, tmp_path):
+    from edgeemo.steer import find_vector
+    from edgeemo.vectors import ControlVector
+
+    chosen = ev.calibrate(runtime, [EMOTION], strengths=(0.03, 0.06),
+                          scenarios=ev.select_scenarios(2), max_tokens=32)
+    info = chosen[EMOTION]
+    assert set(info["per_strength"]) == {"0.03", "0.06"}
+    assert info["strength"] in (0.03, 0.06, None)
+    strength = info["strength"] or 0.03
+    source = find_vector(runtime.model, EMOTION)
+    out = ev.apply_calibration(source, strength, info, output=tmp_path / f"{EMOTION}.gguf")
+    vec = ControlVector.from_gguf(out)
+    assert vec.metadata["calibrated"] is True and vec.metadata["strength"] == strength
+    for layer, norm in zip(vec.layers, vec.metadata["residual_norm"]):
+        assert np.linalg.norm(vec.directions[layer]) == pytest.approx(strength * norm, rel=1e-5)
+    # the runtime steers with the calibrated file at its new recommended strength
+    runtime.vectors.pop(EMOTION, None)
+    runtime.vectors[EMOTION] = runtime.vector(str(out))
+    assert runtime.steer({EMOTION: None}) == {EMOTION: strength}
+    runtime.clear()
+    runtime.vectors.pop(EMOTION, None)
