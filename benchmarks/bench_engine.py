@@ -11,8 +11,9 @@ number of threads, and pool each text the same way (``extract.pool``). Tokenizat
 
 * speed: the three engines are loaded in one process and timed interleaved (ort fp32, ort int8,
   torch, ort int8, torch, ort fp32, …); texts/s is n_texts over the median time of a pass.
-* memory: each engine loads and reads the texts once in its own fresh process (peak MB); that
-  pass's time is reported too, as a second look at the ratio.
+* memory: each engine loads and reads the texts once in its own fresh process (peak MB; 3
+  processes per engine, alternating, median and range); the time of that first pass is reported
+  too, as a second look at the ratio.
 * agreement: the largest difference between onnxruntime fp32 and torch pooled states, relative to
   their norm (they should compute the same function).
 * int8 drift: comprehension directions (emotion mean − neutral mean) from the fp32 and the int8
@@ -32,8 +33,9 @@ import numpy as np
 import benchlib
 
 FULL = {"model": benchlib.DEFAULT_MODEL, "texts": 120, "batch": 8, "reps": 5, "warmup": 1,
-        "drift_emotions": None, "drift_texts_per_label": None, "timeout": 1800}
-QUICK = {"texts": 8, "reps": 1, "drift_emotions": 2, "drift_texts_per_label": 4, "timeout": 600}
+        "drift_emotions": None, "drift_texts_per_label": None, "memory_reps": 3, "timeout": 1800}
+QUICK = {"texts": 8, "reps": 1, "drift_emotions": 2, "drift_texts_per_label": 4, "memory_reps": 1,
+         "timeout": 600}
 ENGINES = ("onnxruntime fp32", "onnxruntime int8", "torch")
 
 
@@ -203,26 +205,33 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
     engines.clear()
 
     with report.part("peak memory, one fresh process per engine"):
-        memory = {}
-        for name in ENGINES:
-            try:
-                memory[name] = benchlib.isolated(one_engine, name, paths, ids, layers,
-                                                 settings["batch"], threads,
-                                                 env=benchlib.store_env(),
-                                                 timeout=settings["timeout"])
-            except benchlib.StageFailed as exc:
-                report.errors.append({"part": f"peak memory: {name}", "error": str(exc),
-                                      "traceback": ""})
-        for name, m in memory.items():
-            report.row(f"{name}: peak memory", m["peak_mb"], "MB", headline=True,
-                       note=f"load {m['value']['load_s']:.1f} s + read {m['value']['read_s']:.1f} s")
-        if "torch" in memory:
-            for name in ENGINES[:2]:
-                if name in memory:
-                    report.row(f"{name} speed-up over torch (separate processes)",
-                               benchlib.ratio(memory["torch"]["value"]["read_s"],
-                                              memory[name]["value"]["read_s"]), "×",
-                               note="one cold pass each; the interleaved ratio is the primary")
+        memory = {name: [] for name in ENGINES}
+        for _ in range(settings["memory_reps"]):           # alternating: A, B, C, A, B, C, …
+            for name in ENGINES:
+                try:
+                    memory[name].append(benchlib.isolated(
+                        one_engine, name, paths, ids, layers, settings["batch"], threads,
+                        env=benchlib.store_env(), timeout=settings["timeout"]))
+                except benchlib.StageFailed as exc:
+                    report.errors.append({"part": f"peak memory: {name}", "error": str(exc),
+                                          "traceback": ""})
+        read_s = {}
+        for name, runs in memory.items():
+            if not runs:
+                continue
+            peaks = [m["peak_mb"] for m in runs]
+            read_s[name] = benchlib.median(m["value"]["read_s"] for m in runs)
+            load_s = benchlib.median(m["value"]["load_s"] for m in runs)
+            spread = f", range {min(peaks):.0f}–{max(peaks):.0f}" if len(runs) > 1 else ""
+            report.row(f"{name}: peak memory", benchlib.median(peaks), "MB", headline=True,
+                       note=f"median of {len(runs)} processes{spread}; load {load_s:.1f} s + "
+                            f"read {read_s[name]:.1f} s")
+        for name in ENGINES[:2]:
+            if "torch" in read_s and name in read_s:
+                report.row(f"{name} speed-up over torch (separate processes)",
+                           benchlib.ratio(read_s["torch"], read_s[name]), "×",
+                           note="first pass after loading, median over processes; "
+                                "the interleaved ratio above is the primary")
         report.data["memory"] = benchlib.rounded(memory)
     return report.to_dict()
 
@@ -237,18 +246,26 @@ def drift(report: benchlib.Report, engines: dict, settings: dict) -> None:
         reader = engines[f"onnxruntime {precision}"].reader
         acts = extract.comprehension(reader, texts, batch_size=settings["batch"])
         dirs[precision] = analysis.directions(acts)
+        if precision == "fp32":
+            band = analysis.best_band(analysis.band_scores(acts), acts.layers)
     names = list(dirs["fp32"])
     cos = np.stack([(analysis.unit(dirs["fp32"][e]) * analysis.unit(dirs["int8"][e])).sum(-1)
                     for e in names])                                   # (E, L)
     report.row("int8 vs fp32 direction cosine: min", float(cos.min()), "", aim="≥ 0.98",
                note=f"over {len(names)} emotions × {cos.shape[1]} layers")
     report.row("int8 vs fp32 direction cosine: median", float(np.median(cos)), "", aim="≥ 0.98")
+    in_band = [i for i, k in enumerate(acts.layers) if band[0] <= k <= band[1]]
+    report.row("int8 vs fp32 direction cosine in the steering band: min",
+               float(cos[:, in_band].min()), "",
+               note=f"hidden states {band[0]}-{band[1]}, the band the fp32 vectors would use; "
+                    f"median {float(np.median(cos[:, in_band])):.3f}")
     worst = np.unravel_index(cos.argmin(), cos.shape)
     report.data["drift"] = {"layers": acts.layers, "emotions": names,
                             "per_layer_min": benchlib.rounded(cos.min(0).tolist(), 5),
                             "per_layer_median": benchlib.rounded(np.median(cos, 0).tolist(), 5),
                             "worst": {"emotion": names[worst[0]],
                                       "hidden_state": acts.layers[worst[1]]},
+                            "band": [int(band[0]), int(band[1])],
                             "texts": sum(len(v) for v in texts.values())}
 
 

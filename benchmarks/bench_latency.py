@@ -104,7 +104,8 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
             del other
             gc.collect()
         report.row("reload the model (the alternative to switching)",
-                   1000 * benchlib.median(loads), "ms", headline=True, note=f"median of {len(loads)}, warm disk cache")
+                   1000 * benchlib.median(loads), "ms", headline=True,
+                   note=f"median of {len(loads)}, warm disk cache")
         report.data["reload_s"] = benchlib.rounded(loads, 4)
     return report.to_dict()
 

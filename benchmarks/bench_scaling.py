@@ -115,13 +115,10 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
                        note=f"{len(points)} models" + ("; two points: a line through both, "
                                                        "not a fit" if len(points) == 2 else ""))
             report.data[f"slope_{key}"] = round(float(slope), 3)
-        body = np.log([pt["non_embedding_parameters"] for pt in points.values()])
-        slope, _ = np.polyfit(body, np.log([pt["extract_s"] for pt in points.values()]), 1)
-        report.row("log-log slope of time vs non-embedding parameters", float(slope), "",
-                   note="the embedding lookup costs memory but almost no compute")
-        report.data["slope_extract_s_non_embedding"] = round(float(slope), 3)
-        report.note("Time also depends on layers read and tokens per text (tokenizers differ); "
-                    "both are in each model's row.")
+        report.note("Time also depends on the layers read and the tokens per text (the "
+                    "tokenizers differ), and the embedding table costs memory but almost no "
+                    "compute: each model's row gives its layers, tokens and parameters outside "
+                    "the embedding.")
     return report.to_dict()
 
 

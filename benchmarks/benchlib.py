@@ -285,9 +285,10 @@ def prepare(name: str = DEFAULT_MODEL, precisions: tuple[str, ...] = ("fp32",), 
     from edgeemo import export, models
 
     model = models.resolve(name)
-    missing = [] if model.present else ["gguf"]
     if model.present:
-        missing += [p for p in precisions if export.cached_export(model, p) is None]
+        missing = [p for p in precisions if export.cached_export(model, p) is None]
+    else:
+        missing = ["gguf", *precisions]
     if not missing:
         return {"gguf": str(model.path),
                 "exports": {p: str(export.cached_export(model, p)) for p in precisions},

@@ -135,8 +135,10 @@ def markdown(record: dict) -> str:
     lines += [f"| date | {m['date']} |", ""]
     prepare = record.get("prepare", {})
     if prepare.get("made"):
-        lines += [f"Before the benchmarks the store lacked {', '.join(prepare['made'])}; making "
-                  f"it took {prepare['seconds']:.0f} s (not part of any number below).", ""]
+        made = [f"the {m} export" if m != "gguf" else "the GGUF" for m in prepare["made"]]
+        lines += [f"Before the benchmarks the store lacked {', '.join(made)} of the default model; "
+                  f"making them took {prepare['seconds']:.0f} s (not part of any number below).",
+                  ""]
     elif prepare.get("skipped"):
         lines += [f"The default model could not be prepared: {cell(prepare['skipped'])}.", ""]
 

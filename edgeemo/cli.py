@@ -603,3 +603,11 @@ def probe(text, model, json_):
         return
     for name, score in ranked:
         click.echo(f"{name:14} {score:+.4f}")
+
+
+# --- steering evaluation (its commands live in their own module) -----------------------------------
+
+from .cli_evaluate import calibrate_command, evaluate_command  # noqa: E402
+
+cli.add_command(evaluate_command)
+cli.add_command(calibrate_command)

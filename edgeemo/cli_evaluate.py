@@ -59,12 +59,12 @@ def _strengths(spec: str) -> list[float]:
     return sorted(set(values))
 
 
-def _load(model, seed):
+def _load(model, seed, threads):
     from . import models
     from .steer import EmotionModel
 
     resolved = models.ensure(model, progress=_progress)
-    return EmotionModel(resolved, seed=seed)
+    return EmotionModel(resolved, seed=seed, threads=threads)
 
 
 model_argument = click.argument("model", required=False)
@@ -72,6 +72,9 @@ emotions_option = click.option("--emotions", "emotion_spec", default="all", show
                                help="Emotions to steer with: a,b,c or all.")
 seed_option = click.option("--seed", type=int, default=0, show_default=True,
                            help="Sampling seed (same seed, same numbers).")
+threads_option = click.option("--threads", type=click.IntRange(1, 256),
+                              help="llama.cpp threads (default: one per core; on a machine busy "
+                                   "with other work 1 is much faster).")
 
 
 @click.command(name="evaluate")
@@ -86,8 +89,9 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True,
 @click.option("--json", "json_", is_flag=True, help="Print the whole result as one JSON document.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
               help="Write result.json, report.md and plots to this directory.")
+@threads_option
 def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, seed, max_tokens, json_,
-                     report_dir):
+                     report_dir, threads):
     """Measure steering: success per judge, regimes, and language drift.
 
     \b
@@ -105,7 +109,7 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, seed, ma
     names = _emotions(emotion_spec)
     strengths = _strengths(strength_spec)
     scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec)
-    runtime = _load(model, seed)
+    runtime = _load(model, seed, threads)
     _progress(f"{len(names)} emotions × {len(strengths)} strengths × {len(scenarios)} scenarios "
               f"= {len(names) * len(strengths) * len(scenarios)} steered replies")
     result = ev.evaluate(runtime, names, strengths, scenarios, seed=seed, max_tokens=max_tokens,
@@ -137,7 +141,8 @@ def print_summary(result: dict) -> None:
         click.echo(f"{'@ ' + k:14}" + "".join(f" {_pct(sm['success'][j]['per_strength'][k]):>8}"
                                               for j in judges)
                    + "".join(f" {_pct(reg[r]):>6}" for r in REGIMES))
-    overall = ", ".join(f"{j} {_pct(sm['success'][j]['overall'])}" for j in judges)
+    overall = ", ".join(f"{j} {_pct(sm['success'][j]['overall'])} (chance "
+                        f"{_pct(sm.get('chance', {}).get(j, {}).get('overall'))})" for j in judges)
     click.echo(f"success: {overall}; surgical {_pct(sm['regimes']['overall']['surgical'])} "
                f"(baseline {_pct(sm['regimes']['baseline']['surgical'])}); "
                f"language drift in {sm['drift']['steered']} of {sm['n_samples']} replies; "
@@ -163,8 +168,9 @@ def _pct(x) -> str:
                                                "repository's vectors/<model>/ instead of the store's.")
 @click.option("--dry-run", is_flag=True, help="Report the chosen strengths; write no file.")
 @click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+@threads_option
 def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, max_tokens, judge,
-                      prebuilt, dry_run, json_):
+                      prebuilt, dry_run, json_, threads):
     """Pick each emotion's strength and write it into its vector file.
 
     \b
@@ -184,7 +190,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
     names = _emotions(emotion_spec)
     strengths = _strengths(strength_spec)
     scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec)
-    runtime = _load(model, seed)
+    runtime = _load(model, seed, threads)
     sources = {}
     for name in names:
         if prebuilt:

@@ -81,17 +81,18 @@ EMPATH_MAP: dict[str, tuple[str, ...]] = {
 # reflective, whose valence is only +0.1). Results mark them with measure "valence".
 UNMAPPED: tuple[str, ...] = tuple(e for e in emotions_mod.EMOTIONS if e not in EMPATH_MAP)
 
-# Success margins: the steered reply's score minus the baseline reply's must reach these.
-# Empath scores are shares of words: 0.02 is one more emotion word per 50 words, i.e. about one
-# more word in a 48-token reply (a single word more already counts; a mere length change does not).
-LEXICON_MARGIN = 0.02
-# VADER compound is in [-1, 1]; one clearly positive or negative word in a short reply moves it by
-# 0.3-0.5, so 0.2 asks for a real shift, not the wobble between two neutral replies.
-VALENCE_MARGIN = 0.2
-# Probe cosines of unsteered replies to different prompts spread by a few hundredths around each
-# other (measured on the 44 scenarios with the default model: median |Δ| between two baseline
-# replies ≈ 0.02); 0.03 asks for a shift beyond that spread.
-PROBE_MARGIN = 0.03
+# Success margins: the steered reply's score minus the baseline reply's must reach these. Each is
+# about the 90th percentile of the same difference between two UNSTEERED replies to the same prompt
+# (default model, 8 scenarios x 4 seeds, 48 tokens, all ordered pairs), so a reply that was not
+# steered at all "succeeds" about 1 time in 10 (the chance level; evaluate() measures it again on
+# every run with a second unsteered reply per scenario, see summary["chance"]):
+#   probe    cosine; unsteered replies differ by up to 0.5, P(diff >= 0.14) = 0.10
+#   lexicon  share of words; P(diff >= 0.03) = 0.06 -- in a 48-token reply, one more emotion word
+#            than the baseline reply is about 0.03, so one more word can pass, a length wobble not
+#   valence  VADER compound swings widely between replies: P(diff >= 0.6) = 0.09
+LEXICON_MARGIN = 0.03
+VALENCE_MARGIN = 0.6
+PROBE_MARGIN = 0.14
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
 
@@ -173,20 +174,26 @@ def lexicon_judgement(emotion: str, steered: dict, baseline: dict) -> dict:
 
 # --- text features and the regime classifier -----------------------------------------------------
 
-# Regime thresholds. Chosen on real replies of the default model (SmolLM2-135M-Instruct, 48 tokens,
-# temperature 0.7) to 8 scenarios steered with afraid, happy and angry at 0.03-0.6, read by hand
-# and labelled, plus the 44 unsteered replies as the fluent reference:
-#   * fluent replies (steered or not) repeat at most ~0.15 of their 3-grams and keep
-#     distinct-2 above ~0.8; looping replies sit at 0.4+ and below 0.6;
-#   * fluent replies have no non-word tokens or one in ~30 (markdown, a stray symbol); the broken
-#     replies of strength 0.4+ have a quarter or more;
-#   * a steered reply the unsteered model finds 3x more perplexing than its own reply is broken
-#     even when every token is a real word ("A shakin'd The icy cold ran, the eyes"); fluent
-#     steered replies stay below ~2x, since the emotional words cost a little likelihood.
+# Regime thresholds. Chosen on real replies of the default model (SmolLM2-135M-Instruct, comprehension
+# vectors, 48 tokens, temperature 0.7, seed 0) to 6 scenarios steered with afraid and happy at
+# 0.03, 0.08, 0.15, 0.3 and 0.6, read one by one, plus the unsteered replies:
+#   * perplexity ratio: replies at 0.03-0.08 read as fluent (a typo at most) and sit at
+#     0.7-8x the baseline's perplexity (emotional, literary text costs likelihood); from 0.15 on
+#     afraid gives invented words and fragments ("A cold-fellnin' ran down", "itlocked") at
+#     12-40x, and at 0.3-0.6 whitespace or word salad at 30-970x. 10x splits the two groups.
+#   * blank share: the collapse at 0.3 is a word or two and then newlines (50-90% whitespace);
+#     fluent prose is ~17% whitespace and line-broken verse ~35%.
+#   * non-words: fluent replies have none or one in ~30 tokens; 20% is far above that and is
+#     met by garbled symbol runs. (Invented but pronounceable words pass this heuristic; the
+#     perplexity ratio catches them.)
+#   * loops: no steered reply looped in that sweep (the repeat penalty is 1.1), and fluent replies
+#     repeat at most 3% of their 3-grams with distinct-2 >= 0.94; the thresholds sit far from
+#     that, where constructed loops ("I was. I was. I was.") land at 0.5-0.8.
 REPEAT3_REPETITIVE = 0.3       # share of 3-gram occurrences that repeat an earlier one, at or above
 DISTINCT2_REPETITIVE = 0.5     # distinct bigrams / bigrams, below
 NONWORD_EXPLOSIVE = 0.2        # share of whitespace tokens that are not words, above
-PPL_RATIO_EXPLOSIVE = 3.0      # steered / baseline perplexity under the unsteered model, above
+BLANK_EXPLOSIVE = 0.5          # share of characters that are whitespace, above
+PPL_RATIO_EXPLOSIVE = 10.0     # steered / baseline perplexity under the unsteered model, above
 MIN_WORDS_FOR_REPETITION = 6   # fewer words than this cannot be judged repetitive
 
 REGIMES = ("surgical", "repetitive", "explosive")
@@ -226,6 +233,8 @@ def is_nonword(token: str, *, line_start: bool = False) -> bool:
     if "\ufffd" in core:
         return True
     if not any(ch.isalnum() for ch in core):
+        if all(unicodedata.category(ch) in ("So", "Sk", "Cf") for ch in core):
+            return False                                    # emoji and other pictographs
         return core not in _PROSE_SYMBOLS
     letters = [ch for ch in core if ch.isalpha()]
     if len({script_of(ch) for ch in letters}) > 1:
@@ -270,6 +279,7 @@ def surface_features(text: str) -> dict:
     return {
         "empty": not text.strip(),
         "n_words": len(words),
+        "blank_share": round(sum(ch.isspace() for ch in text) / len(text), 4) if text else 1.0,
         "repeat3": round(repeats / len(trigrams), 4) if trigrams else 0.0,
         "distinct1": round(len(set(words)) / len(words), 4) if words else 1.0,
         "distinct2": round(len(set(bigrams)) / len(bigrams), 4) if bigrams else 1.0,
@@ -290,8 +300,9 @@ class Scorer:
 
         import llama_cpp
 
+        threads = threads or os.cpu_count()
         self.llm = llama_cpp.Llama(model_path=str(model_path), logits_all=True, n_ctx=n_ctx,
-                                   n_threads=threads or os.cpu_count(), verbose=False)
+                                   n_threads=threads, n_threads_batch=threads, verbose=False)
         self.n_ctx = n_ctx
         self._cache: dict[tuple, float | None] = {}
 
@@ -344,12 +355,13 @@ def text_features(steered: str, unsteered: str | None = None,
 def regime(features: dict) -> str:
     """``surgical``, ``repetitive`` or ``explosive`` for the features of one reply.
 
-    In this order: empty or whitespace-only -> explosive; too many non-words -> explosive; a loop
+    In this order: empty, whitespace-only or mostly whitespace -> explosive; too many non-words
+    -> explosive; a loop
     (repeated 3-grams or few distinct bigrams) -> repetitive; far less likely than the unsteered
     reply under the unsteered model -> explosive (skipped when there is no ``ppl_ratio``);
     otherwise surgical. Works on :func:`surface_features` alone for texts scored without a model.
     """
-    if features["empty"]:
+    if features["empty"] or features.get("blank_share", 0.0) > BLANK_EXPLOSIVE:
         return "explosive"
     if features["nonword_share"] > NONWORD_EXPLOSIVE:
         return "explosive"
@@ -469,22 +481,29 @@ def _shares(labels: list[str]) -> dict[str, float]:
     return {r: round(counts[r] / len(labels), 4) if labels else 0.0 for r in REGIMES}
 
 
-def _load_runtime(model, seed: int):
+def _load_runtime(model, seed: int, threads: int | None = None):
     from .steer import EmotionModel
 
-    return model if isinstance(model, EmotionModel) else EmotionModel(model, seed=seed)
+    if isinstance(model, EmotionModel):
+        return model
+    return EmotionModel(model, seed=seed, threads=threads)
 
 
 def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
              scenarios: Sequence[dict] | None = None, *, seed: int = 0, max_tokens: int = 60,
-             temperature: float = 0.7, use_probe: bool = True,
+             temperature: float = 0.7, use_probe: bool = True, chance: bool = True,
+             threads: int | None = None,
              progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Steer ``model`` with each emotion at each strength on each scenario; judge every reply.
 
-    ``model`` is an ``EmotionModel`` or anything it accepts (None for the default model).
+    ``model`` is an ``EmotionModel`` or anything it accepts (None for the default model); a model
+    built here uses ``threads`` (on a machine busy with other work, 1 thread is far faster than
+    one per core: llama.cpp's threads wait on each other at every layer).
     ``scenarios`` are ``stimuli.scenarios()`` rows (all of them when None). ``progress(label,
-    done, total)`` is called after each reply. Returns one JSON-ready dict: settings, the
-    baseline replies, every sample, and a ``summary`` of the aggregates.
+    done, total)`` is called after each reply. With ``chance`` each scenario also gets a second
+    unsteered reply (seed + 1), judged like a steered one: the success rate of no steering.
+    Returns one JSON-ready dict: settings, the baseline replies, the chance replies, every
+    sample, and a ``summary`` of the aggregates.
     """
     from .steer import check_strength
 
@@ -498,17 +517,17 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
     scenarios = list(scenarios) if scenarios is not None else select_scenarios()
     if not scenarios:
         raise EdgeemoError("give at least one scenario to evaluate on")
-    runtime = _load_runtime(model, seed)
+    runtime = _load_runtime(model, seed, threads)
     for name in names:
         runtime.vector(name)                       # fail now, not after the baseline
-    scorer = Scorer(runtime.model.path)
-    options = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+    scorer = Scorer(runtime.model.path, threads=runtime.llm.n_threads)   # same as the runtime's
+    options = {"max_tokens": max_tokens, "temperature": temperature}
     prompts = {s["id"]: runtime.prompt_ids([{"role": "user", "content": s["prompt"]}])
                for s in scenarios}
 
-    def reply(scenario: dict) -> tuple[str, int, float]:
+    def reply(scenario: dict, seed: int = seed) -> tuple[str, int, float]:
         t0 = time.perf_counter()
-        ids = list(runtime.stream_ids(prompts[scenario["id"]], **options))
+        ids = list(runtime.stream_ids(prompts[scenario["id"]], seed=seed, **options))
         text = runtime.llm.detokenize(ids).decode("utf-8", errors="ignore") if ids else ""
         return text, len(ids), time.perf_counter() - t0
 
@@ -530,8 +549,25 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
         if progress:
             progress("baseline", i + 1, len(scenarios))
 
+    # the chance level: a second unsteered reply (seed + 1) judged against the baseline as if it
+    # had been steered; how often the judges "succeed" with no steering at all
+    reference: dict[str, dict] = {}
+    if chance:
+        for i, scenario in enumerate(scenarios):
+            text, n_tokens, seconds = reply(scenario, seed + 1)
+            generation_seconds += seconds
+            generated_tokens += n_tokens
+            base = baseline[scenario["id"]]
+            lexicon = lexicon_scores(text)
+            reference[scenario["id"]] = {
+                "scenario": scenario["id"], "seed": seed + 1, "text": text, "tokens": n_tokens,
+                "judges": {"lexicon": {e: bool(text.strip()) and lexicon_judgement(
+                    e, lexicon, base["lexicon"])["success"] for e in names}},
+            }
+            if progress:
+                progress("chance", i + 1, len(scenarios))
+
     samples: list[dict] = []
-    total = len(names) * len(strengths) * len(scenarios)
     try:
         for name in names:
             for strength in strengths:
@@ -560,7 +596,7 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
     judge_seconds = 0.0
     if use_probe:
         t0 = time.perf_counter()
-        _probe_judge(runtime.model, names, baseline, samples, progress)
+        _probe_judge(runtime.model, names, baseline, samples, reference, progress)
         judge_seconds = time.perf_counter() - t0
     for sample in samples:
         if sample["features"]["empty"]:
@@ -572,30 +608,36 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
         "model": runtime.model.name, "emotions": names,
         "strengths": strengths, "scenarios": [s["id"] for s in scenarios], "seed": seed,
         "max_tokens": max_tokens, "temperature": temperature, "judges": judges,
+        "threads": runtime.llm.n_threads,
         "margins": {"lexicon": LEXICON_MARGIN, "valence": VALENCE_MARGIN, "probe": PROBE_MARGIN},
         "thresholds": {"repeat3_repetitive": REPEAT3_REPETITIVE,
                        "distinct2_repetitive": DISTINCT2_REPETITIVE,
                        "nonword_explosive": NONWORD_EXPLOSIVE,
+                       "blank_explosive": BLANK_EXPLOSIVE,
                        "ppl_ratio_explosive": PPL_RATIO_EXPLOSIVE},
         "lexicon_map": {e: list(c) for e, c in EMPATH_MAP.items()},
         "lexicon_valence_only": [e for e in names if e not in EMPATH_MAP],
     }
-    result = {"settings": settings, "baseline": list(baseline.values()), "samples": samples}
+    result = {"settings": settings, "baseline": list(baseline.values()),
+              "chance": list(reference.values()), "samples": samples}
     result["summary"] = summarize(result)
     elapsed = time.perf_counter() - started
     result["timing"] = {
         "total_seconds": round(elapsed, 1), "generation_seconds": round(generation_seconds, 1),
-        "probe_seconds": round(judge_seconds, 1), "replies": len(samples) + len(baseline),
+        "probe_seconds": round(judge_seconds, 1),
+        "replies": len(samples) + len(baseline) + len(reference),
         "generated_tokens": generated_tokens,
         "tokens_per_second": round(generated_tokens / generation_seconds, 1)
         if generation_seconds else None,
-        "seconds_per_reply": round(elapsed / (len(samples) + len(baseline)), 3),
+        "seconds_per_reply": round(elapsed / (len(samples) + len(baseline) + len(reference)), 3),
     }
     return result
 
 
-def _probe_judge(model, names, baseline: dict, samples: list[dict], progress) -> None:
-    """Add the probe's verdict to every sample: the target's cosine, steered vs baseline."""
+def _probe_judge(model, names, baseline: dict, samples: list[dict], reference: dict,
+                 progress) -> None:
+    """Add the probe's verdict to every sample (the target's cosine, steered vs baseline) and to
+    every chance reply (for each evaluated emotion)."""
     from .probe import Probe
 
     probe = Probe(model)
@@ -630,6 +672,12 @@ def _probe_judge(model, names, baseline: dict, samples: list[dict], progress) ->
         }
         if progress:
             progress("probe", n + 1, len(samples))
+    ref_ids = list(reference)
+    for sid, scores in zip(ref_ids, read([reference[s]["text"] for s in ref_ids])):
+        base = baseline[sid]["probe"]
+        reference[sid]["judges"]["probe"] = {
+            e: bool(scores is not None and base is not None
+                    and scores[e] - base[e] >= PROBE_MARGIN - 1e-12) for e in names}
 
 
 def summarize(result: dict) -> dict:
@@ -671,7 +719,14 @@ def summarize(result: dict) -> dict:
                       "scenario": s["scenario"], "tokens": s["drift"]["tokens"][:5]}
                      for s in drifted[:10]],
     }
-    return {"n_samples": len(samples), "success": success, "regimes": regimes, "drift": drift}
+    refs = result.get("chance", [])
+    chance = {judge: {
+        "overall": _rate([ok for ref in refs for ok in ref["judges"].get(judge, {}).values()]),
+        "per_emotion": {e: _rate([ref["judges"][judge][e] for ref in refs
+                                  if e in ref["judges"].get(judge, {})]) for e in names},
+    } for judge in judges}
+    return {"n_samples": len(samples), "success": success, "chance": chance, "regimes": regimes,
+            "drift": drift}
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -703,7 +758,9 @@ def markdown_report(result: dict) -> str:
         f"# Steering evaluation: {st['model']}", "",
         f"{len(st['emotions'])} emotions × {len(st['strengths'])} strengths × "
         f"{len(st['scenarios'])} scenarios = {sm['n_samples']} steered replies "
-        f"(+ {len(result['baseline'])} unsteered baseline replies); seed {st['seed']}, "
+        f"(+ {len(result['baseline'])} unsteered baseline replies"
+        f"{', + %d chance replies' % len(result['chance']) if result.get('chance') else ''}); "
+        f"seed {st['seed']}, "
         f"{st['max_tokens']} tokens, temperature {st['temperature']}.", "",
         "## Judges", "",
         f"- **lexicon**: Empath categories mapped onto the emotions; success when the target's "
@@ -716,7 +773,8 @@ def markdown_report(result: dict) -> str:
                      f"when the target's cosine rises by ≥ {st['margins']['probe']}.")
     th = st["thresholds"]
     lines += [
-        f"- **regimes**: explosive if empty, > {_pct(th['nonword_explosive'])} non-words, or "
+        f"- **regimes**: explosive if empty, > {_pct(th.get('blank_explosive', 0.5))} whitespace, "
+        f"> {_pct(th['nonword_explosive'])} non-words, or "
         f"perplexity > {th['ppl_ratio_explosive']}× the baseline reply's (under the unsteered "
         f"model); repetitive if ≥ {_pct(th['repeat3_repetitive'])} repeated 3-grams or distinct-2 "
         f"< {th['distinct2_repetitive']}; otherwise surgical.", "",
@@ -725,7 +783,8 @@ def markdown_report(result: dict) -> str:
     ]
     for judge in judges:
         j = sm["success"][judge]
-        lines.append(f"| success ({judge}) | {_pct(j['overall'])} |")
+        lines.append(f"| success ({judge}) | {_pct(j['overall'])} (chance: "
+                     f"{_pct(sm.get('chance', {}).get(judge, {}).get('overall'))}) |")
         lines.append(f"| surgical among {judge} successes | {_pct(j['surgical_among_successes'])} |")
     for r in REGIMES:
         lines.append(f"| {r} | {_pct(sm['regimes']['overall'][r])} "
@@ -792,7 +851,7 @@ def plot_regimes(result: dict, path: Path | str) -> Path:
     st, cells = result["settings"], result["summary"]["regimes"]["cells"]
     names, keys = st["emotions"], [strength_key(s) for s in st["strengths"]]
     image = np.ones((len(names), len(keys), 3))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(keys), 1.0 + 0.38 * len(names)))
+    fig, ax = plt.subplots(figsize=(max(6.5, 3.5 + 1.1 * len(keys)), 1.4 + 0.38 * len(names)))
     for i, e in enumerate(names):
         for j, k in enumerate(keys):
             shares = cells[e][k]
@@ -805,8 +864,8 @@ def plot_regimes(result: dict, path: Path | str) -> Path:
     ax.set_xticks(range(len(keys)), keys)
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("strength (fraction of residual norm)")
-    ax.set_title(f"{st['model']}: regime per emotion × strength\n"
-                 "cells: % surgical / repetitive / explosive; colour = most common", fontsize=9)
+    ax.set_title(f"{st['model']}: regimes\n"
+                 "% surgical / repetitive / explosive; colour: most common", fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in REGIME_COLOURS.values()]
     ax.legend(handles, REGIMES, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
@@ -858,7 +917,7 @@ SURGICAL_WINDOW = 0.8              # a strength is usable when at least this sha
 
 def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIBRATION_STRENGTHS,
               scenarios: Sequence[dict] | None = None, *, seed: int = 0, max_tokens: int = 48,
-              judge: str = "both", use_probe: bool = True,
+              judge: str = "both", use_probe: bool = True, threads: int | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
     """Per emotion, the strength to recommend, with the evidence.
 
@@ -875,7 +934,7 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
         CALIBRATION_SCENARIOS)
     strengths = sorted(float(s) for s in strengths)
     result = evaluate(model, emotions, strengths, scenarios, seed=seed, max_tokens=max_tokens,
-                      use_probe=use_probe, progress=progress)
+                      use_probe=use_probe, chance=False, threads=threads, progress=progress)
     sm = result["summary"]
     used = [j for j in ("lexicon", "probe") if j in result["settings"]["judges"]
             and judge in (j, "both")]

@@ -74,17 +74,17 @@ def export_model(model: Model, precision: str = "fp32", *, force: bool = False, 
         raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
     say = progress or (lambda msg: None)
     info = gguf_info(model.path)
+    sha = models.model_sha256(model)
+    out = export_dir(sha, precision)
+    if (out / MANIFEST).is_file() and not force:      # no torch needed to reuse an export
+        say(f"using the cached export in {out}")
+        return out
     require_export_extra()
     supported = supported_architectures()
     if info["architecture"] not in supported:
         raise UnsupportedArchitecture(
             f"{model.path.name} has architecture '{info['architecture']}', which transformers "
             f"cannot load from GGUF; supported: {', '.join(supported)}")
-    sha = models.model_sha256(model)
-    out = export_dir(sha, precision)
-    if (out / MANIFEST).is_file() and not force:
-        say(f"using the cached export in {out}")
-        return out
     if precision == "int8":
         fp32 = export_model(model, "fp32", force=force, progress=progress)
         with store.atomic_path(out, directory=True) as tmp:

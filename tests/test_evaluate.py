@@ -45,6 +45,7 @@ def test_loops_are_repetitive(text):
 
 
 @pytest.mark.parametrize("text", ["A shakin'd ,, the eyes qxz ##", "", "   \n\t ",
+                                  "\nAflinged" + "\n" * 40,                 # collapse to newlines
                                   "!!!! ,, ;; qxz vbnm .,. ##", "ran,the icy#cold qxz wwt a1b3c"])
 def test_broken_text_is_explosive(text):
     assert ev.classify_text(text) == "explosive"
@@ -52,7 +53,7 @@ def test_broken_text_is_explosive(text):
 
 def test_nonword_heuristic():
     for word in ("hello", "don't", "well-known", "3,000", "3:30", "4th", "U.S.", "H2O", "(maybe)",
-                 "**bold**", "rhythm", "hmm", "TV", "and/or", "café", "—"):
+                 "**bold**", "rhythm", "hmm", "TV", "and/or", "café", "—", "🌍", "🙂!"):
         assert not ev.is_nonword(word), word
     for word in (",,", "##", "qxz", "ran,the", "a1b", "abc\ufffd", "helloпривет", "!!!!"):
         assert ev.is_nonword(word), word
@@ -132,14 +133,17 @@ def test_lexicon_words_find_inflected_forms():
 
 
 def test_lexicon_judgement_uses_valence_for_unmapped_emotions():
-    calm, bleak = ev.lexicon_scores(FLUENT_PLAIN), ev.lexicon_scores(
-        "Everything is hopeless, dark and miserable; nothing will ever get better.")
+    calm = ev.lexicon_scores("What a lovely, pleasant morning. I enjoyed the walk in the sun.")
+    bleak = ev.lexicon_scores("Everything is hopeless, dark and miserable; nothing will ever "
+                              "get better.")
     verdict = ev.lexicon_judgement("gloomy", bleak, calm)            # gloomy: valence goes down
     assert verdict["measure"] == "valence" and verdict["success"] and verdict["delta"] > 0
     assert not ev.lexicon_judgement("grateful", bleak, calm)["success"]
     afraid = ev.lexicon_judgement("afraid", ev.lexicon_scores(FLUENT_AFRAID), calm)
     assert afraid["measure"] == "empath" and afraid["success"]
     assert not ev.lexicon_judgement("afraid", calm, calm)["success"]   # no change is no success
+    plain = ev.lexicon_scores(FLUENT_PLAIN)                 # valence 0: a drop to -0.5 is too small
+    assert not ev.lexicon_judgement("gloomy", bleak, plain)["success"]
 
 
 def test_select_scenarios():
@@ -282,37 +286,47 @@ def vectors(default_export):
 def runtime(vectors):
     from edgeemo.steer import EmotionModel
 
-    return EmotionModel(vectors, seed=0)
+    # one thread: on a 2-core machine shared with other work, llama.cpp's threads waiting on each
+    # other at every layer make two threads many times slower than one
+    return EmotionModel(vectors, seed=0, threads=1)
 
 
 @pytest.fixture(scope="module")
 def scorer(runtime):
-    return ev.Scorer(runtime.model.path)
+    return ev.Scorer(runtime.model.path, threads=1)
 
 
-def _regimes_at(runtime, scorer, strength, scenarios):
-    out = []
-    for s in scenarios:
-        ids = runtime.prompt_ids([{"role": "user", "content": s["prompt"]}])
+def _features_at(runtime, scorer, strengths, scenarios) -> dict[float, list[dict]]:
+    """Features of the steered reply to each scenario at each strength (one baseline each)."""
+    out = {s: [] for s in strengths}
+    for scenario in scenarios:
+        ids = runtime.prompt_ids([{"role": "user", "content": scenario["prompt"]}])
         runtime.clear()
-        base = runtime.generate(s["prompt"], max_tokens=48, seed=0)
-        runtime.steer({EMOTION: strength})
-        text = runtime.generate(s["prompt"], max_tokens=48, seed=0)
-        out.append(ev.regime(ev.text_features(text, base, ids, scorer)))
+        base = runtime.generate(scenario["prompt"], max_tokens=48, seed=0)
+        for strength in strengths:
+            runtime.steer({EMOTION: strength})
+            text = runtime.generate(scenario["prompt"], max_tokens=48, seed=0)
+            out[strength].append(ev.text_features(text, base, ids, scorer))
     runtime.clear()
     return out
 
 
 @pytest.mark.slow
 def test_regimes_of_real_replies(runtime, scorer):
-    scenarios = ev.select_scenarios(4)
-    low = _regimes_at(runtime, scorer, 0.03, scenarios)
-    medium = _regimes_at(runtime, scorer, 0.1, scenarios)
-    high = _regimes_at(runtime, scorer, 0.6, scenarios)
+    features = _features_at(runtime, scorer, (0.03, 0.1, 0.6), ev.select_scenarios(4))
+    low, medium, high = ([ev.regime(f) for f in features[s]] for s in (0.03, 0.1, 0.6))
     assert low.count("surgical") >= 3, low
     assert "surgical" not in high, high
-    assert high.count("explosive") + high.count("repetitive") == len(scenarios)
-    assert medium.count("surgical") <= low.count("surgical"), (low, medium)
+    for regimes in (low, medium, high):
+        assert set(regimes) <= set(ev.REGIMES)
+
+    def mean_ratio(strength):
+        # an empty reply has no perplexity: count it as infinitely unexpected
+        return float(np.mean([np.inf if f["ppl_ratio"] is None else f["ppl_ratio"]
+                              for f in features[strength]]))
+
+    # the further the push, the less the unsteered model expects the text
+    assert mean_ratio(0.03) < mean_ratio(0.1) < mean_ratio(0.6), [mean_ratio(s) for s in features]
 
 
 @pytest.mark.slow

@@ -1,0 +1,29 @@
+"""The benchmark scripts keep working: a --quick run of every one (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TEST_STORE
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_benchmark_run_completes_every_benchmark(tmp_path, default_export):
+    env = {**os.environ, "EDGEEMO_HOME": str(TEST_STORE)}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
+                             "--out", str(tmp_path)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["quick"] is True
+    assert set(doc["benchmarks"]) == {"steering", "latency", "engine", "endtoend", "peer", "scaling"}
+    for name, bench in doc["benchmarks"].items():
+        assert bench["status"] == "ok" and not bench["errors"], (name, bench["errors"])
+        for skipped in bench["skipped"]:
+            assert skipped["reason"]
+    assert "| " in (tmp_path / "RESULTS.md").read_text()
