@@ -160,7 +160,8 @@ def _parse_strength(text: str, part: str) -> float:
 def parse_mix(spec: str) -> dict[str, float | None]:
     """Parse an ``--emotion`` spec into ``{canonical emotion: strength or None}``.
 
-    Accepted forms: ``fear``, ``fear:0.1``, ``fear:0.1,calm:0.05``, ``afraid:-0.05``. A missing
+    Accepted forms: ``fear``, ``fear:0.1``, ``fear:0.1,calm:0.05``, ``afraid:-0.05``,
+    ``my-concept.gguf:0.1`` (a vector file instead of a name). A missing
     strength (``None``) means "use the default for this model". Raises :class:`UnknownEmotion`
     for names that are not emotions and :class:`EdgeemoError` for malformed specs.
     """
@@ -181,7 +182,8 @@ def parse_mix(spec: str) -> dict[str, float | None]:
         if not name:
             raise EdgeemoError(
                 f"missing emotion name in {part!r}: write name:strength, e.g. fear:0.1")
-        emotion = canonical(name)
+        # a vector file may stand in for a name (e.g. one made for your own concept)
+        emotion = name if name.lower().endswith(".gguf") else canonical(name)
         strength: float | None = None
         if sep:
             strength_text = strength_text.strip()

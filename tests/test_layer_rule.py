@@ -22,7 +22,7 @@ def cosine(a, b):
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("layer", [10, 15, 20])
+@pytest.mark.parametrize("layer", [12, 16, 20])
 def test_direction_n_acts_on_hidden_state_n_plus_1(layer, default_gguf, default_reader):
     import llama_cpp
 
@@ -49,5 +49,6 @@ def test_direction_n_acts_on_hidden_state_n_plus_1(layer, default_gguf, default_
     _cvec.apply(llm, None)
     print(f"direction.{layer}: cosine to the substituted final state by hidden state k: {match}")
     assert rule == layer + 1
-    assert match[rule] >= 0.995
-    assert match[rule] > match[rule - 1] + 0.005 and match[rule] > match[rule + 1] + 0.005
+    assert match[rule] >= 0.99
+    miss = {k: 1 - c for k, c in match.items()}        # what the substitution failed to carry
+    assert 2 * miss[rule] < miss[rule - 1] and 2 * miss[rule] < miss[rule + 1]

@@ -137,7 +137,7 @@ def test_generate_compare_shows_both(default_gguf):
     (["-e", "feer"], "did you mean 'afraid'"),
     (["-e", "fear:nan"], "finite"),
     (["-e", "fear:3"], "beyond"),
-    (["-e", str("nonexistent.gguf")], "no such"),
+    (["-e", "nonexistent.gguf"], "not found"),
 ])
 def test_generate_bad_input_is_one_line(default_gguf, args, message):
     result = invoke("generate", "-p", PROMPT, "--max-tokens", "5", *args)
