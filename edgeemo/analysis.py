@@ -83,17 +83,19 @@ def paired_centred(acts: Activations) -> dict[str, np.ndarray]:
     return out
 
 
-def cv_accuracy(acts: Activations, folds: int = 4, *, baseline: str = "neutral") -> np.ndarray:
+def cv_accuracy(acts: Activations, folds: int = 4, *, baseline: str = "neutral",
+                per_emotion: bool = False):
     """Cross-validated nearest-centroid accuracy per layer, over the activations' emotions.
 
     Fold f holds out every ``folds``-th text of each emotion; centroids (minus the neutral mean)
     come from the rest, and a held-out text goes to the centroid with the highest cosine.
+    With ``per_emotion``, returns {emotion: (L,) recall} instead.
     """
     labels = acts.emotions
     neutral_mean = acts.by_label[NEUTRAL].mean(0)                       # (L, d)
     by_label = paired_centred(acts)
-    correct = np.zeros(len(acts.layers))
-    total = 0
+    correct = {e: np.zeros(len(acts.layers)) for e in labels}
+    total = {e: 0 for e in labels}
     for f in range(folds):
         train, test = {}, []
         for e in labels:
@@ -109,9 +111,11 @@ def cv_accuracy(acts: Activations, folds: int = 4, *, baseline: str = "neutral")
         cents = unit(np.stack([train[e] for e in names]))               # (E, L, d)
         for e, row in test:
             sims = np.einsum("eld,ld->el", cents, unit(row))            # (E, L)
-            correct += np.array(names)[sims.argmax(0)] == e
-            total += 1
-    return correct / max(total, 1)
+            correct[e] += np.array(names)[sims.argmax(0)] == e
+            total[e] += 1
+    if per_emotion:
+        return {e: correct[e] / max(total[e], 1) for e in labels}
+    return sum(correct.values()) / max(sum(total.values()), 1)
 
 
 def fisher_ratio(acts: Activations) -> np.ndarray:
@@ -225,15 +229,12 @@ def band_scores(acts: Activations) -> np.ndarray:
 
 
 def per_emotion_separation(acts: Activations, band: tuple[int, int]) -> dict[str, float]:
-    """1 − mean cosine of each emotion's (re-centred) direction to the others, over ``band``."""
-    dirs = directions(acts)
-    names = acts.emotions
+    """How well each emotion separates from the other 19: its cross-validated recall (held-out
+    texts assigned to it), averaged over ``band``. Unlike the mean pairwise cosine, which
+    re-centring pins near −1/(E−1) for every method, recall can be compared across methods."""
+    recall = cv_accuracy(acts, per_emotion=True)
     picked = [i for i, k in enumerate(acts.layers) if band[0] <= k <= band[1]]
-    stacked = np.stack([dirs[e][picked] for e in names])                # (E, l, d)
-    u = unit(stacked - stacked.mean(0))
-    sims = np.einsum("ald,bld->abl", u, u).mean(-1)                     # (E, E)
-    n = len(names)
-    return {e: float(1 - (sims[i].sum() - sims[i, i]) / (n - 1)) for i, e in enumerate(names)}
+    return {e: float(r[picked].mean()) for e, r in recall.items()}
 
 
 def compare(sep_a: dict[str, float], sep_b: dict[str, float]) -> dict:

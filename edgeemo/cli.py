@@ -219,7 +219,8 @@ def layers(model, method, pooling, seed, json_, plot):
 @seed_option
 @click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
 def compare_methods(model, seed, json_):
-    """Generation vs comprehension: per-emotion separation, Mann-Whitney U and Cohen's d."""
+    """Generation vs comprehension: per-emotion separation (cross-validated recall of each
+    emotion at each method's best band), a Mann-Whitney U test and Cohen's d."""
     from . import analysis
 
     resolved = models.ensure(model, progress=progress)
@@ -244,7 +245,7 @@ def compare_methods(model, seed, json_):
         click.echo(f"{method}: best band {r['best_band'][0]}-{r['best_band'][1]} "
                    f"(depth {r['best_band_depth'][0]:.2f}-{r['best_band_depth'][1]:.2f}), "
                    f"peak accuracy {r['peak_accuracy']:.3f}")
-    click.echo(f"separation (1 − mean cosine to the other emotions): generation {t['mean_a']:.3f} "
+    click.echo(f"per-emotion recall over each method's band: generation {t['mean_a']:.3f} "
                f"vs comprehension {t['mean_b']:.3f}; Mann-Whitney U = {t['mann_whitney_u']:.1f}, "
                f"p = {t['p_value']:.3g}; Cohen's d = {t['cohens_d']:.2f} (n = {t['n']})")
 

@@ -126,8 +126,9 @@ def lexicon_words(text: str) -> list[str]:
 
     Empath's own tokenizer splits on spaces only, so "afraid," or "Terrified" would never match.
     Here words are runs of letters (with inner apostrophes), and an inflected word that is not in
-    the lexicon is replaced by the first stem that is ("trembling" -> "tremble", "worried" ->
-    "worry" stays as is when the lexicon has it). Plain suffix stripping, no dictionary.
+    the lexicon (of the mapped categories) is replaced by the first stem that is ("dreading" ->
+    "dread", "worries" -> "worry"); a word the lexicon lists as it is stays as it is. Plain suffix
+    stripping against the lexicon, no other dictionary.
     """
     vocabulary = _lexicon_vocabulary()
     out = []
