@@ -87,10 +87,12 @@ UNMAPPED: tuple[str, ...] = tuple(e for e in emotions_mod.EMOTIONS if e not in E
 # steered at all "succeeds" about 1 time in 10 (the chance level; evaluate() measures it again on
 # every run with a second unsteered reply per scenario, see summary["chance"]):
 #   probe    cosine; unsteered replies differ by up to 0.5, P(diff >= 0.14) = 0.10
-#   lexicon  share of words; P(diff >= 0.03) = 0.06 -- in a 48-token reply, one more emotion word
-#            than the baseline reply is about 0.03, so one more word can pass, a length wobble not
+#   lexicon  share of words; a 48-token reply has ~35-40 words, so one more emotion word than the
+#            baseline reply is +0.025-0.03: 0.02 lets one more word pass and a length wobble
+#            not. P(diff >= 0.02) = 0.13 (0.03, i.e. two words, would give 0.06 but missed most
+#            clearly fearful replies at 0.08, which carry one fear word each)
 #   valence  VADER compound swings widely between replies: P(diff >= 0.6) = 0.09
-LEXICON_MARGIN = 0.03
+LEXICON_MARGIN = 0.02
 VALENCE_MARGIN = 0.6
 PROBE_MARGIN = 0.14
 
@@ -558,12 +560,9 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
             text, n_tokens, seconds = reply(scenario, seed + 1)
             generation_seconds += seconds
             generated_tokens += n_tokens
-            base = baseline[scenario["id"]]
-            lexicon = lexicon_scores(text)
             reference[scenario["id"]] = {
                 "scenario": scenario["id"], "seed": seed + 1, "text": text, "tokens": n_tokens,
-                "judges": {"lexicon": {e: bool(text.strip()) and lexicon_judgement(
-                    e, lexicon, base["lexicon"])["success"] for e in names}},
+                "lexicon": lexicon_scores(text), "probe": None,
             }
             if progress:
                 progress("chance", i + 1, len(scenarios))
@@ -599,11 +598,6 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
         t0 = time.perf_counter()
         _probe_judge(runtime.model, names, baseline, samples, reference, progress)
         judge_seconds = time.perf_counter() - t0
-    for sample in samples:
-        if sample["features"]["empty"]:
-            for verdict in sample["judges"].values():   # nothing was said: nothing succeeded
-                verdict["success"] = False
-
     judges = ["lexicon", "probe"] if use_probe else ["lexicon"]
     settings = {
         "model": runtime.model.name, "emotions": names,
@@ -621,7 +615,7 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
     }
     result = {"settings": settings, "baseline": list(baseline.values()),
               "chance": list(reference.values()), "samples": samples}
-    result["summary"] = summarize(result)
+    rejudge(result)
     elapsed = time.perf_counter() - started
     result["timing"] = {
         "total_seconds": round(elapsed, 1), "generation_seconds": round(generation_seconds, 1),
@@ -675,10 +669,41 @@ def _probe_judge(model, names, baseline: dict, samples: list[dict], reference: d
             progress("probe", n + 1, len(samples))
     ref_ids = list(reference)
     for sid, scores in zip(ref_ids, read([reference[s]["text"] for s in ref_ids])):
-        base = baseline[sid]["probe"]
-        reference[sid]["judges"]["probe"] = {
-            e: bool(scores is not None and base is not None
-                    and scores[e] - base[e] >= PROBE_MARGIN - 1e-12) for e in names}
+        reference[sid]["probe"] = None if scores is None else {
+            e: round(v, 4) for e, v in scores.items()}
+
+
+def rejudge(result: dict) -> dict:
+    """Apply this module's margins and thresholds to a result's stored scores and features.
+
+    Sets every sample's regime and success flags, judges the chance replies, and rebuilds the
+    summary, in place (and returns the result). evaluate() ends with it; run it on an older
+    result.json after changing a threshold to re-judge without generating again.
+    """
+    names = result["settings"]["emotions"]
+    margins = {"lexicon": LEXICON_MARGIN, "valence": VALENCE_MARGIN, "probe": PROBE_MARGIN}
+    for sample in result["samples"]:
+        sample["regime"] = regime(sample["features"])
+        for name, verdict in sample["judges"].items():
+            margin = margins["valence" if verdict.get("measure") == "valence" else name]
+            # nothing was said: nothing succeeded
+            verdict["success"] = bool(not sample["features"]["empty"]
+                                      and verdict["delta"] is not None
+                                      and verdict["delta"] >= margin - 1e-12)
+    for base in result["baseline"]:
+        base["regime"] = regime(base["features"])
+    baseline = {b["scenario"]: b for b in result["baseline"]}
+    for ref in result.get("chance", []):
+        base = baseline[ref["scenario"]]
+        said = bool(ref["text"].strip())
+        ref["judges"] = {"lexicon": {e: said and lexicon_judgement(
+            e, ref["lexicon"], base["lexicon"])["success"] for e in names}}
+        if ref.get("probe") and base.get("probe"):
+            ref["judges"]["probe"] = {e: ref["probe"][e] - base["probe"][e] >= PROBE_MARGIN - 1e-12
+                                      for e in names}
+    result["settings"]["margins"] = margins
+    result["summary"] = summarize(result)
+    return result
 
 
 def summarize(result: dict) -> dict:

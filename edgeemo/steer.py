@@ -39,7 +39,7 @@ class EmotionModel:
         self.vectors: dict[str, ControlVector] = {}     # loaded vectors, by emotion name
         self.mix: dict[str, float] = {}                  # what is applied now: emotion -> strength
         self.layers: tuple[int, int] | None = None
-        self._eog = llama_cpp.llama_token_is_eog
+        self._eog = getattr(llama_cpp, "llama_vocab_is_eog", None) or llama_cpp.llama_token_is_eog
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
 
     # --- prompts ---------------------------------------------------------------------------

@@ -382,3 +382,15 @@ def test_calibrate_one_emotion_writes_the_chosen_strength(runtime, tmp_path):
     assert runtime.steer({EMOTION: None}) == {EMOTION: strength}
     runtime.clear()
     runtime.vectors.pop(EMOTION, None)
+
+
+def test_rejudge_applies_the_current_margins_and_thresholds():
+    result = _constructed_result()
+    result["chance"] = []
+    sample = result["samples"][0]
+    sample["judges"]["lexicon"]["delta"] = ev.LEXICON_MARGIN / 2      # below the margin now
+    sample["regime"] = "explosive"                                   # stale label
+    ev.rejudge(result)
+    assert sample["judges"]["lexicon"]["success"] is False
+    assert sample["regime"] == "surgical"
+    assert result["summary"]["success"]["lexicon"]["overall"] == 0.0
