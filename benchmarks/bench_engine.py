@@ -259,6 +259,17 @@ def drift(report: benchlib.Report, engines: dict, settings: dict) -> None:
                float(cos[:, in_band].min()), "",
                note=f"hidden states {band[0]}-{band[1]}, the band the fp32 vectors would use; "
                     f"median {float(np.median(cos[:, in_band])):.3f}")
+    # context: how much the fp32 directions themselves move between two halves of the texts
+    halves = []
+    for part in (0, 1):
+        half = {k: v[part::2] for k, v in texts.items()}
+        halves.append(analysis.directions(extract.comprehension(
+            engines["onnxruntime fp32"].reader, half, batch_size=settings["batch"])))
+    split = np.stack([(analysis.unit(halves[0][e]) * analysis.unit(halves[1][e])).sum(-1)
+                      for e in names])
+    report.row("fp32 split-half direction cosine: median", float(np.median(split)), "",
+               note="fp32 directions from the odd vs the even texts of each label: the sampling "
+                    "noise of a vector, for scale against the int8 drift")
     worst = np.unravel_index(cos.argmin(), cos.shape)
     report.data["drift"] = {"layers": acts.layers, "emotions": names,
                             "per_layer_min": benchlib.rounded(cos.min(0).tolist(), 5),
@@ -266,6 +277,7 @@ def drift(report: benchlib.Report, engines: dict, settings: dict) -> None:
                             "worst": {"emotion": names[worst[0]],
                                       "hidden_state": acts.layers[worst[1]]},
                             "band": [int(band[0]), int(band[1])],
+                            "split_half_median": round(float(np.median(split)), 5),
                             "texts": sum(len(v) for v in texts.values())}
 
 

@@ -38,12 +38,17 @@ def _emotions(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _strengths(spec: str) -> list[float]:
+def _strengths(spec: str, *, recommended: bool = False) -> list[float | None]:
+    """Strengths from "0.04,0.08"; with ``recommended``, the word "recommended" stands for each
+    vector's own strength (None)."""
     from .steer import check_strength
 
-    values = []
+    values, own = [], False
     for part in spec.split(","):
         if not part.strip():
+            continue
+        if recommended and part.strip().lower() in ("recommended", "calibrated"):
+            own = True
             continue
         try:
             value = float(part)
@@ -54,9 +59,9 @@ def _strengths(spec: str) -> list[float]:
             raise EdgeemoError(f"strength {value} is not positive: evaluate steers towards an "
                                f"emotion, give strengths like 0.04,0.08")
         values.append(value)
-    if not values:
+    if not values and not own:
         raise EdgeemoError("give at least one strength, e.g. --strengths 0.04,0.08")
-    return sorted(set(values))
+    return ([None] if own else []) + sorted(set(values))
 
 
 def _load(model, seed, threads):
@@ -81,7 +86,8 @@ threads_option = click.option("--threads", type=click.IntRange(1, 256),
 @model_argument
 @emotions_option
 @click.option("--strengths", "strength_spec", default="0.04,0.08", show_default=True,
-              help="Strengths to try (fractions of the residual norm), comma-separated.")
+              help="Strengths to try (fractions of the residual norm), comma-separated; "
+                   "'recommended' = each vector's own (calibrated) strength.")
 @click.option("--scenarios", "scenario_spec", default="8", show_default=True,
               help="A number of scenarios (spread over the kinds) or comma-separated ids, or all.")
 @seed_option
@@ -102,12 +108,12 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, seed, ma
     \b
     Examples:
       edgeemo evaluate --emotions afraid,happy --strengths 0.04,0.08 --scenarios 4
-      edgeemo evaluate --emotions all --strengths 0.08 --scenarios all --report eval-report
+      edgeemo evaluate --emotions all --strengths recommended --scenarios all --report eval-report
     """
     from . import evaluate as ev
 
     names = _emotions(emotion_spec)
-    strengths = _strengths(strength_spec)
+    strengths = _strengths(strength_spec, recommended=True)
     scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec)
     runtime = _load(model, seed, threads)
     _progress(f"{len(names)} emotions × {len(strengths)} strengths × {len(scenarios)} scenarios "

@@ -470,9 +470,18 @@ def select_scenarios(spec: int | str | Sequence[str] | None = None) -> list[dict
 
 # --- the evaluation -------------------------------------------------------------------------------
 
-def strength_key(strength: float) -> str:
-    """How a strength is written as a JSON key and in reports: 0.08 -> "0.08"."""
-    return f"{float(strength):g}"
+RECOMMENDED = "recommended"      # the strength key of "each vector's own recommended strength"
+
+
+def strength_key(strength: float | None) -> str:
+    """How a strength is written as a JSON key and in reports: 0.08 -> "0.08"; None (each
+    vector's recommended strength) -> "recommended"."""
+    return RECOMMENDED if strength is None else f"{float(strength):g}"
+
+
+def _setting(sample: dict) -> str:
+    """The strength setting a sample was made under (older results lack "setting")."""
+    return sample.get("setting") or strength_key(sample["strength"])
 
 
 def _rate(flags: list[bool]) -> float | None:
@@ -502,7 +511,10 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
     ``model`` is an ``EmotionModel`` or anything it accepts (None for the default model); a model
     built here uses ``threads`` (on a machine busy with other work, 1 thread is far faster than
     one per core: llama.cpp's threads wait on each other at every layer).
-    ``scenarios`` are ``stimuli.scenarios()`` rows (all of them when None). ``progress(label,
+    A strength of None stands for each vector's recommended strength (its calibrated one, once
+    ``edgeemo calibrate`` has run); samples record the strength applied and, as "setting", the
+    key they are summarised under. ``scenarios`` are ``stimuli.scenarios()`` rows (all of them
+    when None). ``progress(label,
     done, total)`` is called after each reply. With ``chance`` each scenario also gets a second
     unsteered reply (seed + 1), judged like a steered one: the success rate of no steering.
     Returns one JSON-ready dict: settings, the baseline replies, the chance replies, every
@@ -512,9 +524,10 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
 
     started = time.perf_counter()
     names = [emotions_mod.canonical(e) for e in emotions]
-    strengths = [float(s) for s in strengths]
+    strengths = [None if s is None else float(s) for s in strengths]
     for s in strengths:
-        check_strength(s)
+        if s is not None:
+            check_strength(s)
     if not names or not strengths:
         raise EdgeemoError("give at least one emotion and one strength to evaluate")
     scenarios = list(scenarios) if scenarios is not None else select_scenarios()
@@ -568,11 +581,13 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
                 progress("chance", i + 1, len(scenarios))
 
     samples: list[dict] = []
+    recommended: dict[str, float | None] = {}
     try:
         for name in names:
             for strength in strengths:
-                runtime.steer({name: strength})
-                label = f"{name} {strength_key(strength)}"
+                applied = runtime.steer({name: strength})[name]
+                recommended[name] = runtime.vector(name).metadata.get("strength")
+                label = f"{name} {strength_key(applied)}"
                 for i, scenario in enumerate(scenarios):
                     text, n_tokens, seconds = reply(scenario)
                     generation_seconds += seconds
@@ -580,7 +595,8 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
                     base = baseline[scenario["id"]]
                     features = text_features(text, base["text"], prompts[scenario["id"]], scorer)
                     samples.append({
-                        "emotion": name, "strength": strength, "scenario": scenario["id"],
+                        "emotion": name, "strength": applied,
+                        "setting": strength_key(strength), "scenario": scenario["id"],
                         "kind": scenario["kind"], "text": text, "tokens": n_tokens,
                         "seconds": round(seconds, 3), "features": features,
                         "regime": regime(features),
@@ -601,7 +617,8 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
     judges = ["lexicon", "probe"] if use_probe else ["lexicon"]
     settings = {
         "model": runtime.model.name, "emotions": names,
-        "strengths": strengths, "scenarios": [s["id"] for s in scenarios], "seed": seed,
+        "strengths": strengths, "recommended_strengths": recommended,
+        "scenarios": [s["id"] for s in scenarios], "seed": seed,
         "max_tokens": max_tokens, "temperature": temperature, "judges": judges,
         "threads": runtime.llm.n_threads,
         "margins": {"lexicon": LEXICON_MARGIN, "valence": VALENCE_MARGIN, "probe": PROBE_MARGIN},
@@ -715,7 +732,7 @@ def summarize(result: dict) -> dict:
 
     def where(**match):
         return [s for s in samples if all(
-            (strength_key(s[k]) if k == "strength" else s[k]) == v for k, v in match.items())]
+            (_setting(s) if k == "strength" else s[k]) == v for k, v in match.items())]
 
     success = {}
     for judge in judges:
@@ -821,7 +838,12 @@ def markdown_report(result: dict) -> str:
     if t:
         lines.append(f"| time | {t['total_seconds']:.0f} s, {t['seconds_per_reply']:.2f} s per "
                      f"reply, {t['tokens_per_second']} tokens/s generating |")
-    lines += ["", "## Per emotion", "",
+    lines += ["", "## Per emotion", ""]
+    if None in st["strengths"] and st.get("recommended_strengths"):
+        lines += ["Recommended strengths (each vector's own): " + ", ".join(
+            f"{e} {strength_key(v) if v is not None else '–'}"
+            for e, v in st["recommended_strengths"].items()) + ".", ""]
+    lines += [
               "| emotion | " + " | ".join(f"success ({j})" for j in judges)
               + " | surgical | repetitive | explosive |",
               "| --- |" + " --- |" * (len(judges) + 3)]

@@ -360,6 +360,22 @@ def test_evaluate_is_reproducible(runtime, tmp_path):
 
 
 @pytest.mark.slow
+def test_recommended_strength_is_each_vectors_own(runtime):
+    scenarios = ev.select_scenarios(2)
+    own = runtime.vector(EMOTION).metadata["strength"]
+    result = ev.evaluate(runtime, [EMOTION], [None], scenarios, seed=0, max_tokens=24,
+                         use_probe=False, chance=False)
+    explicit = ev.evaluate(runtime, [EMOTION], [own], scenarios, seed=0, max_tokens=24,
+                           use_probe=False, chance=False)
+    assert result["settings"]["recommended_strengths"] == {EMOTION: own}
+    assert {s["setting"] for s in result["samples"]} == {"recommended"}
+    assert {s["strength"] for s in result["samples"]} == {own}
+    assert [s["text"] for s in result["samples"]] == [s["text"] for s in explicit["samples"]]
+    assert set(result["summary"]["success"]["lexicon"]["per_strength"]) == {"recommended"}
+    assert "Recommended strengths" in ev.markdown_report(result)
+
+
+@pytest.mark.slow
 def test_calibrate_one_emotion_writes_the_chosen_strength(runtime, tmp_path):
     from edgeemo.steer import find_vector
     from edgeemo.vectors import ControlVector
@@ -394,3 +410,39 @@ def test_rejudge_applies_the_current_margins_and_thresholds():
     assert sample["judges"]["lexicon"]["success"] is False
     assert sample["regime"] == "surgical"
     assert result["summary"]["success"]["lexicon"]["overall"] == 0.0
+
+
+# --- the commands ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--strengths", "strong"], "bad strength 'strong'"),
+    (["--strengths", "-0.05"], "is not positive"),
+    (["--emotions", "sleepy"], "sleepy"),
+    (["--scenarios", "s999"], "unknown scenario id"),
+])
+def test_evaluate_command_refuses_bad_input_in_one_line(args, message):
+    from click.testing import CliRunner
+
+    from edgeemo.cli import cli
+
+    result = CliRunner().invoke(cli, ["evaluate", *args])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.slow
+def test_evaluate_command_at_recommended_strength(vectors, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeemo.cli import cli
+
+    result = CliRunner().invoke(cli, ["evaluate", "--emotions", EMOTION, "--strengths",
+                                      "recommended", "--scenarios", "1", "--max-tokens", "16",
+                                      "--threads", "1", "--json", "--report",
+                                      str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["settings"]["strengths"] == [None]
+    assert len(data["samples"]) == 1 and data["samples"][0]["setting"] == "recommended"
+    assert (tmp_path / "r" / "report.md").is_file()
