@@ -111,6 +111,7 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, seed, ma
       edgeemo evaluate --emotions all --strengths recommended --scenarios all --report eval-report
     """
     from . import evaluate as ev
+    from .report import write_report
 
     names = _emotions(emotion_spec)
     strengths = _strengths(strength_spec, recommended=True)
@@ -121,7 +122,7 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, seed, ma
     result = ev.evaluate(runtime, names, strengths, scenarios, seed=seed, max_tokens=max_tokens,
                          progress=_step)
     if report_dir:
-        paths = ev.write_report(result, report_dir)
+        paths = write_report(result, report_dir)
         _progress(f"report written to {paths['markdown']}")
     if json_:
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
@@ -130,7 +131,8 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, seed, ma
 
 
 def print_summary(result: dict) -> None:
-    from .evaluate import REGIMES, strength_key
+    from .regimes import REGIMES
+    from .report import strength_key
 
     st, sm = result["settings"], result["summary"]
     judges = st["judges"]

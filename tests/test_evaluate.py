@@ -12,7 +12,9 @@ import sys
 import numpy as np
 import pytest
 
+from edgeemo import emotions, judges, regimes, report
 from edgeemo import evaluate as ev
+from edgeemo.errors import EdgeemoError
 
 FLUENT_AFRAID = ("I heard something move in the dark hallway and my heart started pounding. I held "
                  "my breath, too scared to call out, trembling with dread until the footsteps "
@@ -29,9 +31,9 @@ FLUENT_PLAIN = ("My morning was quiet. I made coffee, read the news for a while 
                                   "Oh no... I don't know what to do! It's 3:30 and she's still "
                                   "not home — hmm, maybe I should call?"])
 def test_fluent_text_is_surgical(text):
-    features = ev.surface_features(text)
-    assert features["nonword_share"] <= ev.NONWORD_EXPLOSIVE
-    assert ev.regime(features) == "surgical"
+    features = regimes.surface_features(text)
+    assert features["nonword_share"] <= regimes.NONWORD_EXPLOSIVE
+    assert regimes.regime(features) == "surgical"
 
 
 @pytest.mark.parametrize("text", ["I was. I was. I was. I was. I was. I was. I was. I was.",
@@ -39,42 +41,42 @@ def test_fluent_text_is_surgical(text):
                                   "I am so happy, so happy, so happy, so happy, so happy, so "
                                   "happy, so happy."])
 def test_loops_are_repetitive(text):
-    features = ev.surface_features(text)
-    assert features["repeat3"] >= ev.REPEAT3_REPETITIVE
-    assert ev.regime(features) == "repetitive"
+    features = regimes.surface_features(text)
+    assert features["repeat3"] >= regimes.REPEAT3_REPETITIVE
+    assert regimes.regime(features) == "repetitive"
 
 
 @pytest.mark.parametrize("text", ["A shakin'd ,, the eyes qxz ##", "", "   \n\t ",
                                   "\nAflinged" + "\n" * 40,                 # collapse to newlines
                                   "!!!! ,, ;; qxz vbnm .,. ##", "ran,the icy#cold qxz wwt a1b3c"])
 def test_broken_text_is_explosive(text):
-    assert ev.classify_text(text) == "explosive"
+    assert regimes.classify_text(text) == "explosive"
 
 
 def test_nonword_heuristic():
     for word in ("hello", "don't", "well-known", "3,000", "3:30", "4th", "U.S.", "H2O", "(maybe)",
                  "**bold**", "rhythm", "hmm", "TV", "and/or", "café", "—", "🌍", "🙂!"):
-        assert not ev.is_nonword(word), word
+        assert not regimes.is_nonword(word), word
     for word in (",,", "##", "qxz", "ran,the", "a1b", "abc\ufffd", "helloпривет", "!!!!"):
-        assert ev.is_nonword(word), word
-    assert not ev.is_nonword("##", line_start=True)             # a markdown heading
+        assert regimes.is_nonword(word), word
+    assert not regimes.is_nonword("##", line_start=True)             # a markdown heading
 
 
 def test_perplexity_ratio_decides_between_fluent_and_broken():
-    features = ev.surface_features(FLUENT_AFRAID)
-    assert ev.regime({**features, "ppl_ratio": 1.4}) == "surgical"
-    assert ev.regime({**features, "ppl_ratio": ev.PPL_RATIO_EXPLOSIVE * 2}) == "explosive"
-    assert ev.regime({**features, "ppl_ratio": None}) == "surgical"
+    features = regimes.surface_features(FLUENT_AFRAID)
+    assert regimes.regime({**features, "ppl_ratio": 1.4}) == "surgical"
+    assert regimes.regime({**features, "ppl_ratio": regimes.PPL_RATIO_EXPLOSIVE * 2}) == "explosive"
+    assert regimes.regime({**features, "ppl_ratio": None}) == "surgical"
 
 
 def test_repetition_needs_enough_words():
-    assert ev.classify_text("Yes yes yes.") == "surgical"
+    assert regimes.classify_text("Yes yes yes.") == "surgical"
 
 
 # --- language drift ------------------------------------------------------------------------------
 
 def test_chinese_in_an_english_reply_is_drift():
-    drift = ev.language_drift("Tell me about your morning.",
+    drift = regimes.language_drift("Tell me about your morning.",
                               "My morning was 非常好 and I felt calm 今天.")
     assert drift["drifted"]
     assert drift["foreign_scripts"] == ["HAN"]
@@ -83,67 +85,71 @@ def test_chinese_in_an_english_reply_is_drift():
 
 
 def test_english_reply_is_not_drift():
-    drift = ev.language_drift("Tell me about your morning.", FLUENT_PLAIN)
+    drift = regimes.language_drift("Tell me about your morning.", FLUENT_PLAIN)
     assert not drift["drifted"] and drift["tokens"] == [] and drift["foreign_share"] == 0
 
 
 def test_french_with_accents_is_not_drift():
     prompt = "Pourquoi le café est-il si amer ? Réponds en quelques phrases, s'il te plaît."
-    assert not ev.language_drift(prompt, "Le café est amer à cause de la torréfaction.")["drifted"]
-    assert not ev.language_drift(prompt, FLUENT_PLAIN)["drifted"]
+    reply = "Le café est amer à cause de la torréfaction."
+    assert not regimes.language_drift(prompt, reply)["drifted"]
+    assert not regimes.language_drift(prompt, FLUENT_PLAIN)["drifted"]
 
 
 def test_cyrillic_and_arabic_are_drift_and_the_prompt_sets_the_expected_script():
-    assert ev.language_drift("How are you?", "I am fine, спасибо.")["foreign_scripts"] == ["CYRILLIC"]
-    assert ev.language_drift("How are you?", "Fine, شكرا")["foreign_scripts"] == ["ARABIC"]
-    assert not ev.language_drift("Как дела?", "Хорошо, спасибо!")["drifted"]
-    assert ev.language_drift("Как дела?", "Fine, thanks!")["foreign_scripts"] == ["LATIN"]
+    drift = regimes.language_drift("How are you?", "I am fine, спасибо.")
+    assert drift["foreign_scripts"] == ["CYRILLIC"]
+    assert regimes.language_drift("How are you?", "Fine, شكرا")["foreign_scripts"] == ["ARABIC"]
+    assert not regimes.language_drift("Как дела?", "Хорошо, спасибо!")["drifted"]
+    assert regimes.language_drift("Как дела?", "Fine, thanks!")["foreign_scripts"] == ["LATIN"]
 
 
 def test_digits_punctuation_and_emoji_are_not_a_script():
-    assert not ev.language_drift("Tell me a number.", "42! 🙂 — «3,5 %»")["drifted"]
+    assert not regimes.language_drift("Tell me a number.", "42! 🙂 — «3,5 %»")["drifted"]
 
 
 # --- the lexicon judge ----------------------------------------------------------------------------
 
 def test_fearful_text_scores_higher_on_afraid_than_neutral_text():
-    fearful = ev.lexicon_scores("I was terrified and trembling, frozen with dread and panic.")
-    neutral = ev.lexicon_scores("The post office opens at nine and closes at five on weekdays.")
-    assert fearful["afraid"] > neutral["afraid"] + ev.LEXICON_MARGIN
+    fearful = judges.lexicon_scores("I was terrified and trembling, frozen with dread and panic.")
+    neutral = judges.lexicon_scores("The post office opens at nine and closes at five on weekdays.")
+    assert fearful["afraid"] > neutral["afraid"] + judges.LEXICON_MARGIN
     assert neutral["afraid"] == 0
 
 
 def test_valence_of_happy_text_is_above_sad_text():
-    happy = ev.lexicon_scores("What a wonderful day! I'm so happy and grateful, everything is great.")
-    sad = ev.lexicon_scores("I feel miserable and alone; everything is hopeless and grey.")
+    happy = judges.lexicon_scores("What a wonderful day! I'm so happy and grateful, everything is "
+                                  "great.")
+    sad = judges.lexicon_scores("I feel miserable and alone; everything is hopeless and grey.")
     assert happy["valence"] > 0.5 > -0.5 > sad["valence"]
 
 
 def test_lexicon_covers_mapped_emotions_and_lists_the_rest():
-    scores = ev.lexicon_scores(FLUENT_PLAIN)
-    assert set(scores) == set(ev.EMPATH_MAP) | {"valence"}
-    assert set(ev.EMPATH_MAP) | set(ev.UNMAPPED) == set(ev.emotions_mod.EMOTIONS)
-    assert not set(ev.EMPATH_MAP) & set(ev.UNMAPPED)
-    assert ev.lexicon_scores("") == {**dict.fromkeys(ev.EMPATH_MAP, 0.0), "valence": 0.0}
+    scores = judges.lexicon_scores(FLUENT_PLAIN)
+    assert set(scores) == set(judges.EMPATH_MAP) | {"valence"}
+    assert set(judges.EMPATH_MAP) | set(judges.UNMAPPED) == set(emotions.EMOTIONS)
+    assert not set(judges.EMPATH_MAP) & set(judges.UNMAPPED)
+    assert judges.lexicon_scores("") == {**dict.fromkeys(judges.EMPATH_MAP, 0.0), "valence": 0.0}
 
 
 def test_lexicon_words_find_inflected_forms():
-    assert ev.lexicon_words("Dreading the worries, fears...") == ["dread", "the", "worry", "fear"]
-    assert ev.lexicon_words("AFRAID!") == ["afraid"]
+    words = judges.lexicon_words("Dreading the worries, fears...")
+    assert words == ["dread", "the", "worry", "fear"]
+    assert judges.lexicon_words("AFRAID!") == ["afraid"]
 
 
 def test_lexicon_judgement_uses_valence_for_unmapped_emotions():
-    calm = ev.lexicon_scores("What a lovely, pleasant morning. I enjoyed the walk in the sun.")
-    bleak = ev.lexicon_scores("Everything is hopeless, dark and miserable; nothing will ever "
-                              "get better.")
-    verdict = ev.lexicon_judgement("gloomy", bleak, calm)            # gloomy: valence goes down
+    calm = judges.lexicon_scores("What a lovely, pleasant morning. I enjoyed the walk in the sun.")
+    bleak = judges.lexicon_scores("Everything is hopeless, dark and miserable; nothing will ever "
+                                  "get better.")
+    verdict = judges.lexicon_judgement("gloomy", bleak, calm)            # gloomy: valence goes down
     assert verdict["measure"] == "valence" and verdict["success"] and verdict["delta"] > 0
-    assert not ev.lexicon_judgement("grateful", bleak, calm)["success"]
-    afraid = ev.lexicon_judgement("afraid", ev.lexicon_scores(FLUENT_AFRAID), calm)
+    assert not judges.lexicon_judgement("grateful", bleak, calm)["success"]
+    afraid = judges.lexicon_judgement("afraid", judges.lexicon_scores(FLUENT_AFRAID), calm)
     assert afraid["measure"] == "empath" and afraid["success"]
-    assert not ev.lexicon_judgement("afraid", calm, calm)["success"]   # no change is no success
-    plain = ev.lexicon_scores(FLUENT_PLAIN)                 # valence 0: a drop to -0.5 is too small
-    assert not ev.lexicon_judgement("gloomy", bleak, plain)["success"]
+    assert not judges.lexicon_judgement("afraid", calm, calm)["success"]   # no change is no success
+    plain = judges.lexicon_scores(FLUENT_PLAIN)          # valence 0: a drop to -0.5 is too small
+    assert not judges.lexicon_judgement("gloomy", bleak, plain)["success"]
 
 
 def test_select_scenarios():
@@ -151,7 +157,7 @@ def test_select_scenarios():
     assert [s["kind"] for s in four] == ["neutral", "opposite", "conversational", "story"]
     assert [s["id"] for s in ev.select_scenarios("s02,s01")] == ["s02", "s01"]
     assert len(ev.select_scenarios()) == len(ev.select_scenarios(1000)) == 44
-    with pytest.raises(ev.EdgeemoError):
+    with pytest.raises(EdgeemoError):
         ev.select_scenarios("s99")
 
 
@@ -209,13 +215,13 @@ def test_apply_calibration_refuses_foreign_vectors(tmp_path):
 
     path = tmp_path / "foreign.gguf"
     ControlVector("llama", 4, {1: np.ones(4)}).to_gguf(path)
-    with pytest.raises(ev.EdgeemoError, match="residual_norm"):
+    with pytest.raises(EdgeemoError, match="residual_norm"):
         ev.apply_calibration(path, 0.05)
 
 
 def test_report_from_a_constructed_result(tmp_path):
     result = _constructed_result()
-    paths = ev.write_report(result, tmp_path / "report")
+    paths = report.write_report(result, tmp_path / "report")
     assert json.loads(paths["json"].read_text())["summary"]["n_samples"] == 2
     text = paths["markdown"].read_text()
     assert "success (lexicon)" in text and "explosive" in text
@@ -227,26 +233,27 @@ def test_report_from_a_constructed_result(tmp_path):
 def _constructed_result() -> dict:
     base_text = FLUENT_PLAIN
     baseline = [{"scenario": "s01", "kind": "neutral", "prompt": "Tell me about your morning.",
-                 "text": base_text, "features": ev.surface_features(base_text),
-                 "regime": "surgical", "lexicon": ev.lexicon_scores(base_text),
-                 "drift": ev.language_drift("Tell me about your morning.", base_text)}]
+                 "text": base_text, "features": regimes.surface_features(base_text),
+                 "regime": "surgical", "lexicon": judges.lexicon_scores(base_text),
+                 "drift": regimes.language_drift("Tell me about your morning.", base_text)}]
     samples = []
     for strength, text in ((0.05, FLUENT_AFRAID), (0.4, "A shakin'd ,, the eyes qxz ##")):
         samples.append({"emotion": "afraid", "strength": strength, "scenario": "s01",
-                        "kind": "neutral", "text": text, "features": ev.surface_features(text),
-                        "regime": ev.classify_text(text),
-                        "drift": ev.language_drift("Tell me about your morning.", text),
-                        "judges": {"lexicon": ev.lexicon_judgement(
-                            "afraid", ev.lexicon_scores(text), baseline[0]["lexicon"])}})
+                        "kind": "neutral", "text": text, "features": regimes.surface_features(text),
+                        "regime": regimes.classify_text(text),
+                        "drift": regimes.language_drift("Tell me about your morning.", text),
+                        "judges": {"lexicon": judges.lexicon_judgement(
+                            "afraid", judges.lexicon_scores(text), baseline[0]["lexicon"])}})
     result = {"settings": {"model": "test", "emotions": ["afraid"], "strengths": [0.05, 0.4],
                            "scenarios": ["s01"], "seed": 0, "max_tokens": 48,
                            "temperature": 0.7, "judges": ["lexicon"],
-                           "margins": {"lexicon": ev.LEXICON_MARGIN,
-                                       "valence": ev.VALENCE_MARGIN, "probe": ev.PROBE_MARGIN},
-                           "thresholds": {"repeat3_repetitive": ev.REPEAT3_REPETITIVE,
-                                          "distinct2_repetitive": ev.DISTINCT2_REPETITIVE,
-                                          "nonword_explosive": ev.NONWORD_EXPLOSIVE,
-                                          "ppl_ratio_explosive": ev.PPL_RATIO_EXPLOSIVE},
+                           "margins": {"lexicon": judges.LEXICON_MARGIN,
+                                       "valence": judges.VALENCE_MARGIN,
+                                       "probe": judges.PROBE_MARGIN},
+                           "thresholds": {"repeat3_repetitive": regimes.REPEAT3_REPETITIVE,
+                                          "distinct2_repetitive": regimes.DISTINCT2_REPETITIVE,
+                                          "nonword_explosive": regimes.NONWORD_EXPLOSIVE,
+                                          "ppl_ratio_explosive": regimes.PPL_RATIO_EXPLOSIVE},
                            "lexicon_valence_only": []},
               "baseline": baseline, "samples": samples}
     result["summary"] = ev.summarize(result)
@@ -293,7 +300,7 @@ def runtime(vectors):
 
 @pytest.fixture(scope="module")
 def scorer(runtime):
-    return ev.Scorer(runtime.model.path, threads=1)
+    return regimes.Scorer(runtime.model.path, threads=1)
 
 
 def _features_at(runtime, scorer, strengths, scenarios) -> dict[float, list[dict]]:
@@ -306,7 +313,7 @@ def _features_at(runtime, scorer, strengths, scenarios) -> dict[float, list[dict
         for strength in strengths:
             runtime.steer({EMOTION: strength})
             text = runtime.generate(scenario["prompt"], max_tokens=48, seed=0)
-            out[strength].append(ev.text_features(text, base, ids, scorer))
+            out[strength].append(regimes.text_features(text, base, ids, scorer))
     runtime.clear()
     return out
 
@@ -314,11 +321,11 @@ def _features_at(runtime, scorer, strengths, scenarios) -> dict[float, list[dict
 @pytest.mark.slow
 def test_regimes_of_real_replies(runtime, scorer):
     features = _features_at(runtime, scorer, (0.03, 0.1, 0.6), ev.select_scenarios(4))
-    low, medium, high = ([ev.regime(f) for f in features[s]] for s in (0.03, 0.1, 0.6))
+    low, medium, high = ([regimes.regime(f) for f in features[s]] for s in (0.03, 0.1, 0.6))
     assert low.count("surgical") >= 3, low
     assert "surgical" not in high, high
-    for regimes in (low, medium, high):
-        assert set(regimes) <= set(ev.REGIMES)
+    for labels in (low, medium, high):
+        assert set(labels) <= set(regimes.REGIMES)
 
     def mean_ratio(strength):
         # an empty reply has no perplexity: count it as infinitely unexpected
@@ -335,7 +342,7 @@ def test_unsteered_perplexity_ratio_is_one(runtime, scorer):
     runtime.clear()
     text = runtime.generate(s["prompt"], max_tokens=32, seed=0)
     ids = runtime.prompt_ids([{"role": "user", "content": s["prompt"]}])
-    features = ev.text_features(text, text, ids, scorer)
+    features = regimes.text_features(text, text, ids, scorer)
     assert features["ppl_ratio"] == 1.0 and 1.0 < features["ppl"] < 50
 
 
@@ -355,7 +362,7 @@ def test_evaluate_is_reproducible(runtime, tmp_path):
     assert sum(sm["regimes"]["overall"].values()) == pytest.approx(1.0)
     assert all(s["judges"]["probe"]["steered"] is not None or s["features"]["empty"]
                for s in first["samples"])
-    paths = ev.write_report(first, tmp_path / "report")
+    paths = report.write_report(first, tmp_path / "report")
     assert paths["markdown"].is_file() and paths["regimes"].stat().st_size > 1000
 
 
@@ -372,7 +379,7 @@ def test_recommended_strength_is_each_vectors_own(runtime):
     assert {s["strength"] for s in result["samples"]} == {own}
     assert [s["text"] for s in result["samples"]] == [s["text"] for s in explicit["samples"]]
     assert set(result["summary"]["success"]["lexicon"]["per_strength"]) == {"recommended"}
-    assert "Recommended strengths" in ev.markdown_report(result)
+    assert "Recommended strengths" in report.markdown_report(result)
 
 
 @pytest.mark.slow
@@ -404,7 +411,7 @@ def test_rejudge_applies_the_current_margins_and_thresholds():
     result = _constructed_result()
     result["chance"] = []
     sample = result["samples"][0]
-    sample["judges"]["lexicon"]["delta"] = ev.LEXICON_MARGIN / 2      # below the margin now
+    sample["judges"]["lexicon"]["delta"] = judges.LEXICON_MARGIN / 2      # below the margin now
     sample["regime"] = "explosive"                                   # stale label
     ev.rejudge(result)
     assert sample["judges"]["lexicon"]["success"] is False
