@@ -191,6 +191,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
       edgeemo calibrate --emotions afraid
       edgeemo calibrate --emotions all --prebuilt
     """
+    from . import calibration
     from . import evaluate as ev
     from . import models
     from .steer import find_vector, vector_dirs
@@ -218,7 +219,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
         # evaluate the very file that will be rewritten
         runtime.vectors[name] = runtime.vector(str(path))
     store_dir = vector_dirs(runtime.model)[0]
-    chosen = ev.calibrate(runtime, names, strengths, scenarios, seed=seed, max_tokens=max_tokens,
+    chosen = calibration.calibrate(runtime, names, strengths, scenarios, seed=seed, max_tokens=max_tokens,
                           judge=judge, progress=_step)
     for name, info in chosen.items():
         info["source"] = str(sources[name])
@@ -226,7 +227,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
             info["written"] = None
             continue
         target = sources[name] if prebuilt else store_dir / f"{name}.gguf"
-        info["written"] = str(ev.apply_calibration(sources[name], info["strength"], info,
+        info["written"] = str(calibration.apply_calibration(sources[name], info["strength"], info,
                                                    output=target))
     if json_:
         click.echo(json.dumps(chosen, indent=2))

@@ -18,9 +18,8 @@ This module generates the replies (:func:`evaluate`), judges them again from the
 (:func:`rejudge`) and aggregates them (:func:`summarize`); ``report.py`` writes the result as JSON,
 markdown and plots.
 
-Calibration (:func:`calibrate`, :func:`apply_calibration`) picks, per emotion, the strength with the
-best success rate among those whose replies stay surgical, and rewrites the vector file so stock
-llama.cpp at scale 1.0 steers at that strength.
+Calibration (``calibration.py``) runs this evaluation over candidate strengths and writes the
+chosen one into each vector file.
 
 Everything is seeded: the same model, vectors, settings and seed give the same numbers.
 """
@@ -30,9 +29,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
-
-import numpy as np
 
 from . import emotions as emotions_mod
 from .errors import EdgeemoError
@@ -45,8 +41,7 @@ from .report import strength_key, write_report
 
 # write_report is imported for callers of the old single module (from edgeemo.evaluate import
 # write_report); listing it here tells linters the import is meant.
-__all__ = ["CALIBRATION_SCENARIOS", "CALIBRATION_STRENGTHS", "SURGICAL_WINDOW", "apply_calibration",
-           "calibrate", "evaluate", "rejudge", "select_scenarios", "summarize", "write_report"]
+__all__ = ["evaluate", "rejudge", "select_scenarios", "strength_key", "summarize", "write_report"]
 
 
 # --- scenarios ------------------------------------------------------------------------------------
@@ -381,107 +376,3 @@ def summarize(result: dict) -> dict:
     } for judge in judges}
     return {"n_samples": len(samples), "success": success, "chance": chance, "regimes": regimes,
             "drift": drift}
-
-
-# --- calibration ----------------------------------------------------------------------------------
-
-CALIBRATION_STRENGTHS = (0.03, 0.05, 0.08, 0.12, 0.16)
-CALIBRATION_SCENARIOS = 8          # two per kind
-SURGICAL_WINDOW = 0.8              # a strength is usable when at least this share is surgical
-
-
-def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIBRATION_STRENGTHS,
-              scenarios: Sequence[dict] | None = None, *, seed: int = 0, max_tokens: int = 48,
-              judge: str = "both", use_probe: bool = True, threads: int | None = None,
-              progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
-    """Per emotion, the strength to recommend, with the evidence.
-
-    The window is the strengths whose replies are at least :data:`SURGICAL_WINDOW` surgical;
-    within it the strength with the best success rate wins, the smaller one on a tie. The
-    success rate is the ``judge``'s ("lexicon", "probe", or "both": the mean of the two).
-    An emotion with an empty window gets ``strength`` None: no strength is safe, nothing to apply.
-    """
-    if judge not in ("lexicon", "probe", "both"):
-        raise EdgeemoError(f"unknown judge '{judge}': use lexicon, probe or both")
-    if judge == "probe" and not use_probe:
-        raise EdgeemoError("the probe judge needs use_probe=True")
-    scenarios = list(scenarios) if scenarios is not None else select_scenarios(
-        CALIBRATION_SCENARIOS)
-    strengths = sorted(float(s) for s in strengths)
-    result = evaluate(model, emotions, strengths, scenarios, seed=seed, max_tokens=max_tokens,
-                      use_probe=use_probe, chance=False, threads=threads, progress=progress)
-    sm = result["summary"]
-    used = [j for j in ("lexicon", "probe") if j in result["settings"]["judges"]
-            and judge in (j, "both")]
-    out = {}
-    for name in result["settings"]["emotions"]:
-        rows = {}
-        for s in strengths:
-            k = strength_key(s)
-            rates = {j: sm["success"][j]["cells"][name][k] for j in used}
-            rows[k] = {"strength": s, "surgical_share": sm["regimes"]["cells"][name][k]["surgical"],
-                       "success_rate": round(float(np.mean(list(rates.values()))), 4),
-                       **{f"success_{j}": r for j, r in rates.items()},
-                       "regimes": sm["regimes"]["cells"][name][k]}
-        window = [r for r in rows.values() if r["surgical_share"] >= SURGICAL_WINDOW]
-        best = min(window, key=lambda r: (-r["success_rate"], r["strength"]), default=None)
-        out[name] = {
-            "strength": None if best is None else best["strength"],
-            "success_rate": None if best is None else best["success_rate"],
-            "surgical_share": None if best is None else best["surgical_share"],
-            "window": [r["strength"] for r in window],
-            "judge": judge, "per_strength": rows, "seed": seed, "max_tokens": max_tokens,
-            "scenarios": [s["id"] for s in scenarios], "model": result["settings"]["model"],
-        }
-    return out
-
-
-def apply_calibration(vector_path: Path | str, strength: float, info: dict | None = None, *,
-                      output: Path | str | None = None) -> Path:
-    """Rewrite a vector file so its tensors sit at ``strength``; return the path written.
-
-    Each tensor becomes its unit direction × ``strength`` × that layer's ``residual_norm``, so
-    stock llama.cpp at scale 1.0 steers at the new strength. Metadata ``strength`` and
-    ``direction_scale`` follow; ``calibrated`` = true and ``calibration_*`` keys record the
-    evidence from ``info`` (a :func:`calibrate` entry). All other metadata, the layers and the
-    model hint stay as they were. Writes ``output`` if given, else the file itself (atomically).
-    """
-    from .steer import check_strength
-    from .vectors import ControlVector
-
-    check_strength(strength)
-    if strength <= 0:
-        raise EdgeemoError(f"a calibrated strength must be positive, not {strength}")
-    vec = ControlVector.from_gguf(vector_path)
-    norms = vec.metadata.get("residual_norm")
-    if not isinstance(norms, list) or len(norms) != len(vec.layers):
-        raise EdgeemoError(f"{vector_path} has no per-layer residual_norm metadata for its "
-                           f"{len(vec.layers)} layers; only edgeemo vectors can be calibrated")
-    directions, scales = {}, []
-    for layer, norm in zip(vec.layers, norms):     # residual_norm is in layer order
-        d = vec.directions[layer].astype(np.float64)
-        length = np.linalg.norm(d)
-        if length == 0:
-            raise EdgeemoError(f"{vector_path}: direction.{layer} is zero; re-export the vector")
-        scale = float(strength) * float(norm)
-        directions[layer] = (d / length * scale).astype(np.float32)
-        scales.append(scale)
-    metadata = dict(vec.metadata)
-    previous = metadata.get("strength")
-    metadata.update(strength=float(strength), direction_scale=scales, calibrated=True)
-    info = info or {}
-    extra = {
-        "calibration_previous_strength": previous,
-        "calibration_success_rate": info.get("success_rate"),
-        "calibration_surgical_share": info.get("surgical_share"),
-        "calibration_judge": info.get("judge"),
-        "calibration_window": info.get("window") or None,
-        "calibration_strengths": [float(r["strength"]) for r in info["per_strength"].values()]
-        if info.get("per_strength") else None,
-        "calibration_scenarios": len(info["scenarios"]) if info.get("scenarios") else None,
-        "calibration_seed": info.get("seed"),
-    }
-    metadata.update({k: (float(v) if isinstance(v, float) else v)
-                     for k, v in extra.items() if v is not None})
-    out = ControlVector(vec.model_hint, vec.n_embd, directions, metadata)
-    return out.to_gguf(output or vector_path)

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgeemo import emotions, judges, regimes, report
+from edgeemo import calibration, emotions, judges, regimes, report
 from edgeemo import evaluate as ev
 from edgeemo.errors import EdgeemoError
 
@@ -187,7 +187,7 @@ def test_apply_calibration_rescales_tensors_and_keeps_the_rest(tmp_path):
     info = {"success_rate": 0.5, "surgical_share": 0.875, "judge": "both",
             "window": [0.03, 0.05], "seed": 0, "scenarios": ["s01", "s12"],
             "per_strength": {"0.03": {"strength": 0.03}, "0.05": {"strength": 0.05}}}
-    out = ev.apply_calibration(path, 0.05, info, output=tmp_path / "out.gguf")
+    out = calibration.apply_calibration(path, 0.05, info, output=tmp_path / "out.gguf")
     after = ControlVector.from_gguf(out)
     assert after.layers == before.layers and after.model_hint == before.model_hint
     for layer, norm in zip(after.layers, after.metadata["residual_norm"]):
@@ -203,7 +203,7 @@ def test_apply_calibration_rescales_tensors_and_keeps_the_rest(tmp_path):
     untouched = {k: v for k, v in before.metadata.items() if k not in ("strength", "direction_scale")}
     assert {k: m[k] for k in untouched} == untouched
     # calibrating again starts from the unit direction: same tensors
-    again = ControlVector.from_gguf(ev.apply_calibration(out, 0.05, info,
+    again = ControlVector.from_gguf(calibration.apply_calibration(out, 0.05, info,
                                                          output=tmp_path / "again.gguf"))
     for layer in after.layers:
         np.testing.assert_allclose(again.directions[layer], after.directions[layer], rtol=1e-6)
@@ -216,7 +216,7 @@ def test_apply_calibration_refuses_foreign_vectors(tmp_path):
     path = tmp_path / "foreign.gguf"
     ControlVector("llama", 4, {1: np.ones(4)}).to_gguf(path)
     with pytest.raises(EdgeemoError, match="residual_norm"):
-        ev.apply_calibration(path, 0.05)
+        calibration.apply_calibration(path, 0.05)
 
 
 def test_report_from_a_constructed_result(tmp_path):
@@ -387,14 +387,14 @@ def test_calibrate_one_emotion_writes_the_chosen_strength(runtime, tmp_path):
     from edgeemo.steer import find_vector
     from edgeemo.vectors import ControlVector
 
-    chosen = ev.calibrate(runtime, [EMOTION], strengths=(0.03, 0.06),
+    chosen = calibration.calibrate(runtime, [EMOTION], strengths=(0.03, 0.06),
                           scenarios=ev.select_scenarios(2), max_tokens=32)
     info = chosen[EMOTION]
     assert set(info["per_strength"]) == {"0.03", "0.06"}
     assert info["strength"] in (0.03, 0.06, None)
     strength = info["strength"] or 0.03
     source = find_vector(runtime.model, EMOTION)
-    out = ev.apply_calibration(source, strength, info, output=tmp_path / f"{EMOTION}.gguf")
+    out = calibration.apply_calibration(source, strength, info, output=tmp_path / f"{EMOTION}.gguf")
     vec = ControlVector.from_gguf(out)
     assert vec.metadata["calibrated"] is True and vec.metadata["strength"] == strength
     for layer, norm in zip(vec.layers, vec.metadata["residual_norm"]):
