@@ -260,6 +260,14 @@ def machine(threads: int) -> dict:
             "store": os.environ.get("EDGEEMO_HOME", "(default)")}
 
 
+def load_average() -> float | None:
+    """The machine's 1-minute load average (how busy it was with other work), or None."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def default_threads() -> int:
     return os.cpu_count() or 1
 

@@ -71,6 +71,11 @@ def main() -> int:
     parser.add_argument("--only", help=f"Comma-separated subset of: {', '.join(BENCHMARKS)}.")
     parser.add_argument("--threads", type=int, default=benchlib.default_threads(),
                         help="CPU threads for every engine (default: all cores).")
+    parser.add_argument("--note", help="A sentence on the conditions of the run (e.g. other work "
+                                       "on the machine), printed under the header of RESULTS.md.")
+    parser.add_argument("--render", action="store_true",
+                        help="Only rewrite RESULTS.md from the results.json already in the output "
+                             "directory (with --note, replacing its note); measure nothing.")
     parser.add_argument("--timeout", type=float, default=None,
                         help="Seconds after which one benchmark is stopped (default: none; "
                              "900 with --quick).")
@@ -88,10 +93,13 @@ def main() -> int:
     else:
         out_dir = benchlib.HERE
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        return render(out_dir, args.note)
 
     started = time.perf_counter()
     record = {"quick": args.quick, "command": " ".join(["python", "benchmarks/run.py"] + sys.argv[1:]),
-              "machine": benchlib.machine(args.threads), "benchmarks": {}}
+              "machine": benchlib.machine(args.threads), "benchmarks": {}, "note": args.note}
+    record["machine"]["load_average_start"] = benchlib.load_average()
     record["machine"]["process_floor_mb"] = benchlib.baseline_memory_mb()
     try:
         record["prepare"] = benchlib.prepare(benchlib.DEFAULT_MODEL, ("fp32", "int8"))
@@ -103,6 +111,7 @@ def main() -> int:
         record["benchmarks"][name] = run_one(name, args, out_dir)
         print(benchlib.format_rows(record["benchmarks"][name]), flush=True)
     record["seconds"] = round(time.perf_counter() - started, 1)
+    record["machine"]["load_average_end"] = benchlib.load_average()
     record["machine"]["versions"]["repeng"] = benchlib.package_version("repeng")
 
     (out_dir / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -111,6 +120,19 @@ def main() -> int:
     print(f"\n{len(names)} benchmarks in {record['seconds']:.0f} s"
           + (f"; with failures: {', '.join(failed)}" if failed else "")
           + f"\nwrote {out_dir / 'results.json'} and {out_dir / 'RESULTS.md'}")
+    return 0
+
+
+def render(out_dir: Path, note: str | None) -> int:
+    path = out_dir / "results.json"
+    if not path.is_file():
+        sys.exit(f"no {path} to render: run the benchmarks first")
+    record = json.loads(path.read_text())
+    if note is not None:
+        record["note"] = note
+        path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    (out_dir / "RESULTS.md").write_text(markdown(record))
+    print(f"wrote {out_dir / 'RESULTS.md'}")
     return 0
 
 
@@ -125,11 +147,17 @@ def markdown(record: dict) -> str:
     kind = "quick check (tiny settings: the numbers mean nothing)" if record["quick"] else "full run"
     lines = ["# edgeemo benchmarks", "",
              f"`{record['command']}`: {kind}, {record['seconds'] / 60:.1f} minutes, {m['date']}.",
-             "How each number is measured: [README.md](README.md). Raw data: `results.json`.", "",
+             "How each number is measured: [README.md](README.md). Raw data: `results.json`.", ""]
+    if record.get("note"):
+        lines += [f"Conditions: {record['note']}", ""]
+    load = [m.get(k) for k in ("load_average_start", "load_average_end")]
+    lines += [
              "## Machine", "", "| | |", "|---|---|",
              f"| CPU | {cell(m['cpu'])} |", f"| cores | {m['cores']} |",
              f"| threads used | {m['threads']} |", f"| memory | {m['memory_gb']} GB |",
              f"| OS | {cell(m['os'])} |",
+             f"| load average (1 min) at start / end | "
+             f"{' / '.join('–' if x is None else f'{x:.2f}' for x in load)} |",
              f"| floor of a measured process | {m.get('process_floor_mb')} MB (an empty Python child) |"]
     lines += [f"| {name} | {version or 'not installed'} |" for name, version in m["versions"].items()]
     lines += [f"| date | {m['date']} |", ""]
