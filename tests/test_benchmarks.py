@@ -27,3 +27,12 @@ def test_quick_benchmark_run_completes_every_benchmark(tmp_path, default_export)
         for skipped in bench["skipped"]:
             assert skipped["reason"]
     assert "| " in (tmp_path / "RESULTS.md").read_text()
+    assert isinstance(doc["machine"]["load_average_start"], float)
+
+    # RESULTS.md can be rewritten from results.json alone, with a note on the conditions
+    rendered = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--render",
+                               "--out", str(tmp_path), "--note", "a quiet afternoon"], env=env,
+                              capture_output=True, text=True)
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert "Conditions: a quiet afternoon" in (tmp_path / "RESULTS.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["note"] == "a quiet afternoon"
