@@ -66,8 +66,6 @@ def cli():
 @click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
 def models_command(json_):
     """List known models and which are in the store."""
-    from . import export
-
     rows = []
     for card in models.cards().values():
         path = models.store_path(card)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from edgeemo import models, store
 from edgeemo.cli import cli
-from edgeemo.errors import ChecksumMismatch, ModelFileError, NetworkError, StoreError, UnknownModel
+from edgeemo.errors import ChecksumMismatch, ModelFileError, UnknownModel
 
 
 def run(*args, env=None):

@@ -13,7 +13,7 @@ from edgeemo import _cvec, models, stimuli
 from edgeemo.cli import cli
 from edgeemo.errors import EdgeemoError, VectorFormatError
 from edgeemo.steer import EmotionModel
-from edgeemo.vectors import ControlVector, mix_buffer
+from edgeemo.vectors import ControlVector
 
 pytestmark = pytest.mark.slow
 
