@@ -62,6 +62,21 @@ def test_a_mix_is_the_sum_of_its_parts_in_the_buffer(runtime, monkeypatch):
     assert received[-1] is None
 
 
+def test_only_the_vectors_layers_are_steered_and_that_changes_nothing(runtime, monkeypatch):
+    ranges = []
+    real_apply = _cvec.apply
+    monkeypatch.setattr(_cvec, "apply", lambda llm, buf, **kw: (ranges.append(kw),
+                                                                 real_apply(llm, buf, **kw)))
+    runtime.steer({"afraid": 0.1})
+    vec = runtime.vector("afraid")
+    assert ranges[-1] == {"il_start": vec.layers[0], "il_end": vec.layers[-1]}
+    restricted = runtime.generate(PROMPT, **GREEDY)
+    # the same buffer over every layer (zeros outside the vector's): the same text
+    real_apply(runtime.llm, vec.buffer(runtime.n_layer, 0.1 / vec.metadata["strength"]))
+    assert runtime.generate(PROMPT, **GREEDY) == restricted
+    runtime.clear()
+
+
 def test_switching_emotions_never_reloads_the_model(runtime):
     llm = runtime.llm
     for mix in ({"afraid": 0.05}, {"happy": 0.05}, {"angry": 0.1}, None):
