@@ -40,7 +40,8 @@ def run_one(name: str, args, out_dir: Path) -> dict:
     json_path = out_dir / f"{name}.json"
     json_path.unlink(missing_ok=True)
     command = [sys.executable, str(benchlib.HERE / script), "--threads", str(args.threads),
-               "--json", str(json_path)] + (["--quick"] if args.quick else [])
+               "--json", str(json_path)] + (["--quick"] if args.quick else []) \
+        + [x for kv in args.set or [] for x in ("--set", kv)]
     started = time.perf_counter()
     try:
         # the child's table goes to our stdout; its progress to our stderr
@@ -76,6 +77,11 @@ def main() -> int:
     parser.add_argument("--render", action="store_true",
                         help="Only rewrite RESULTS.md from the results.json already in the output "
                              "directory (with --note, replacing its note); measure nothing.")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="Passed to each benchmark run (e.g. --only steering --set reps=21).")
+    parser.add_argument("--update", action="store_true",
+                        help="Run only the --only benchmarks and replace them in the results.json "
+                             "already in the output directory (the rerun is recorded).")
     parser.add_argument("--timeout", type=float, default=None,
                         help="Seconds after which one benchmark is stopped (default: none; "
                              "900 with --quick).")
@@ -95,6 +101,8 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.render:
         return render(out_dir, args.note)
+    if args.update and not (args.only and (out_dir / "results.json").is_file()):
+        parser.error("--update needs --only and a results.json in the output directory")
 
     started = time.perf_counter()
     record = {"quick": args.quick, "command": " ".join(["python", "benchmarks/run.py"] + sys.argv[1:]),
@@ -114,6 +122,8 @@ def main() -> int:
     record["machine"]["load_average_end"] = benchlib.load_average()
     record["machine"]["versions"]["repeng"] = benchlib.package_version("repeng")
 
+    if args.update:
+        record = update(json.loads((out_dir / "results.json").read_text()), record)
     (out_dir / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     (out_dir / "RESULTS.md").write_text(markdown(record))
     failed = [n for n, r in record["benchmarks"].items() if r["status"] in ("failed", "partial")]
@@ -121,6 +131,18 @@ def main() -> int:
           + (f"; with failures: {', '.join(failed)}" if failed else "")
           + f"\nwrote {out_dir / 'results.json'} and {out_dir / 'RESULTS.md'}")
     return 0
+
+
+def update(record: dict, rerun: dict) -> dict:
+    """``record`` with the benchmarks of ``rerun`` replaced, and the rerun listed in "reruns"."""
+    record["benchmarks"].update(rerun["benchmarks"])
+    record.setdefault("reruns", []).append({
+        "benchmarks": list(rerun["benchmarks"]), "command": rerun["command"],
+        "date": rerun["machine"]["date"], "threads": rerun["machine"]["threads"],
+        "load_average": [rerun["machine"].get("load_average_start"),
+                         rerun["machine"].get("load_average_end")],
+        "note": rerun.get("note")})
+    return record
 
 
 def render(out_dir: Path, note: str | None) -> int:
@@ -150,6 +172,11 @@ def markdown(record: dict) -> str:
              "How each number is measured: [README.md](README.md). Raw data: `results.json`.", ""]
     if record.get("note"):
         lines += [f"Conditions: {record['note']}", ""]
+    for rerun in record.get("reruns", []):
+        load = "/".join("–" if x is None else f"{x:.2f}" for x in rerun["load_average"])
+        lines += [f"Rerun later: {', '.join(rerun['benchmarks'])} (`{rerun['command']}`, "
+                  f"{rerun['date']}, {rerun['threads']} thread(s), load average {load})"
+                  + (f": {rerun['note']}" if rerun.get("note") else "."), ""]
     load = [m.get(k) for k in ("load_average_start", "load_average_end")]
     lines += [
              "## Machine", "", "| | |", "|---|---|",

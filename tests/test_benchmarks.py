@@ -36,3 +36,15 @@ def test_quick_benchmark_run_completes_every_benchmark(tmp_path, default_export)
     assert rendered.returncode == 0, rendered.stderr[-3000:]
     assert "Conditions: a quiet afternoon" in (tmp_path / "RESULTS.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["note"] == "a quiet afternoon"
+
+    # one benchmark run again replaces its entry in the record, and the rerun is listed
+    before = json.loads((tmp_path / "results.json").read_text())
+    rerun = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
+                            "--only", "latency", "--update", "--out", str(tmp_path)], env=env,
+                           capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = json.loads((tmp_path / "results.json").read_text())
+    assert set(after["benchmarks"]) == set(before["benchmarks"])
+    assert after["benchmarks"]["steering"] == before["benchmarks"]["steering"]
+    assert after["reruns"][-1]["benchmarks"] == ["latency"]
+    assert "Rerun later: latency" in (tmp_path / "RESULTS.md").read_text()
