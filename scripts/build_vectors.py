@@ -8,7 +8,10 @@ Comprehension is the default for the shipped vectors because on SmolLM2-135M it 
 the README); the 135M model's own stories are too alike to beat pre-written vignettes.
 
 Runs the same pipeline as `edgeemo export-vector --all` and writes
-vectors/<model>/<emotion>.gguf. Same inputs and seed give byte-identical files.
+vectors/<model>/<emotion>.gguf at the default strength. Same inputs and seed give byte-identical
+files. The shipped files are then calibrated, each at its own strength:
+
+    edgeemo calibrate --emotions all --prebuilt --threads 1
 """
 
 import argparse
