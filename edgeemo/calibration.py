@@ -17,17 +17,19 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EdgeemoError
-from .evaluate import evaluate, select_scenarios
+from .evaluate import _load_runtime, evaluate, select_scenarios
 from .report import strength_key
 
 CALIBRATION_STRENGTHS = (0.03, 0.05, 0.08, 0.12, 0.16)
 CALIBRATION_SCENARIOS = 8          # two per kind
 SURGICAL_WINDOW = 0.8              # a strength is usable when at least this share is surgical
+VERIFY_SCENARIOS = 8               # other scenarios the chosen strength must also stay surgical on
 
 
 def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIBRATION_STRENGTHS,
               scenarios: Sequence[dict] | None = None, *, seed: int = 0, max_tokens: int = 48,
               judge: str = "both", use_probe: bool = True, threads: int | None = None,
+              verify: Sequence[dict] | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
     """Per emotion, the strength to recommend, with the evidence.
 
@@ -35,6 +37,12 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
     within it the strength with the best success rate wins, the smaller one on a tie. The
     success rate is the ``judge``'s ("lexicon", "probe", or "both": the mean of the two).
     An emotion with an empty window gets ``strength`` None: no strength is safe, nothing to apply.
+
+    With ``verify`` (scenarios not used above), the chosen strength is tried on them too and,
+    while fewer than :data:`SURGICAL_WINDOW` of those replies are surgical, replaced by the next
+    smaller strength of the window. Eight scenarios estimate a surgical share coarsely: on the
+    default model three emotions chosen at 0.12 with 7-8 of 8 surgical replies were only 68-75%
+    surgical over all 44 scenarios.
     """
     if judge not in ("lexicon", "probe", "both"):
         raise EdgeemoError(f"unknown judge '{judge}': use lexicon, probe or both")
@@ -43,6 +51,7 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
     scenarios = list(scenarios) if scenarios is not None else select_scenarios(
         CALIBRATION_SCENARIOS)
     strengths = sorted(float(s) for s in strengths)
+    model = _load_runtime(model, seed, threads)            # one model for every evaluation below
     result = evaluate(model, emotions, strengths, scenarios, seed=seed, max_tokens=max_tokens,
                       use_probe=use_probe, chance=False, threads=threads, progress=progress)
     sm = result["summary"]
@@ -68,7 +77,34 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
             "judge": judge, "per_strength": rows, "seed": seed, "max_tokens": max_tokens,
             "scenarios": [s["id"] for s in scenarios], "model": result["settings"]["model"],
         }
+        if verify and best is not None:
+            _verify(model, name, out[name], rows, verify, seed=seed, max_tokens=max_tokens,
+                    threads=threads, progress=progress)
     return out
+
+
+def other_scenarios(used: Sequence[str], n: int | None = VERIFY_SCENARIOS) -> list[dict]:
+    """``n`` scenarios (all when None) not among the ``used`` ids, round-robin over the kinds."""
+    return select_scenarios(n, exclude=used)
+
+
+def _verify(model, name: str, info: dict, rows: dict, scenarios: Sequence[dict], *, seed: int,
+            max_tokens: int, threads: int | None, progress) -> None:
+    """Step the chosen strength down the window until it stays surgical on ``scenarios``."""
+    checked = {}
+    for strength in sorted((s for s in info["window"] if s <= info["strength"]), reverse=True):
+        result = evaluate(model, [name], [strength], scenarios, seed=seed, max_tokens=max_tokens,
+                          use_probe=False, chance=False, threads=threads, progress=progress)
+        share = result["summary"]["regimes"]["overall"]["surgical"]
+        checked[strength_key(strength)] = share
+        if share >= SURGICAL_WINDOW:
+            row = rows[strength_key(strength)]
+            info.update(strength=strength, success_rate=row["success_rate"],
+                        surgical_share=row["surgical_share"])
+            break
+    else:
+        info.update(strength=None, success_rate=None, surgical_share=None)
+    info["verified"] = {"scenarios": [s["id"] for s in scenarios], "surgical_share": checked}
 
 
 def apply_calibration(vector_path: Path | str, strength: float, info: dict | None = None, *,
@@ -115,6 +151,8 @@ def apply_calibration(vector_path: Path | str, strength: float, info: dict | Non
         if info.get("per_strength") else None,
         "calibration_scenarios": len(info["scenarios"]) if info.get("scenarios") else None,
         "calibration_seed": info.get("seed"),
+        "calibration_verify_scenarios": len(info["verified"]["scenarios"])
+        if info.get("verified") else None,
     }
     metadata.update({k: (float(v) if isinstance(v, float) else v)
                      for k, v in extra.items() if v is not None})

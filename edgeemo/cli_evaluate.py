@@ -157,6 +157,17 @@ def print_summary(result: dict) -> None:
                f"{result['timing']['total_seconds']:.0f} s")
 
 
+def _verify_scenarios(spec: str, used: list[str]) -> list[dict]:
+    from .calibration import other_scenarios
+
+    spec = spec.strip().lower()
+    if spec == "all":
+        return other_scenarios(used, None)
+    if not spec.isdigit():
+        raise EdgeemoError(f"bad --verify '{spec}': give a number of scenarios, all, or 0")
+    return other_scenarios(used, int(spec)) if int(spec) else []
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
@@ -170,6 +181,9 @@ def _pct(x) -> str:
               help="A number of scenarios (spread over the kinds) or comma-separated ids.")
 @seed_option
 @click.option("--max-tokens", type=click.IntRange(1, 512), default=48, show_default=True)
+@click.option("--verify", "verify_spec", default="8", show_default=True,
+              help="Other scenarios the chosen strength must stay surgical on (a number, all, "
+                   "or 0 for none); it steps down the window until it does.")
 @click.option("--judge", type=click.Choice(["both", "lexicon", "probe"]), default="both",
               show_default=True, help="Whose success rate picks the strength (both = their mean).")
 @click.option("--prebuilt", is_flag=True, help="Rewrite the prebuilt vectors shipped in the "
@@ -177,14 +191,15 @@ def _pct(x) -> str:
 @click.option("--dry-run", is_flag=True, help="Report the chosen strengths; write no file.")
 @click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
 @threads_option
-def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, max_tokens, judge,
-                      prebuilt, dry_run, json_, threads):
+def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, max_tokens,
+                      verify_spec, judge, prebuilt, dry_run, json_, threads):
     """Pick each emotion's strength and write it into its vector file.
 
     \b
     Per emotion, the candidate strengths whose replies are at least 80% surgical form the window;
-    the one with the best success rate wins (the smaller on a tie). The vector's tensors are then
-    rescaled so stock llama.cpp at scale 1.0 steers at that strength.
+    the one with the best success rate wins (the smaller on a tie), then must stay 80% surgical
+    on --verify other scenarios (else the next smaller one is tried). The vector's tensors are
+    then rescaled so stock llama.cpp at scale 1.0 steers at that strength.
 
     \b
     Examples:
@@ -199,6 +214,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
     names = _emotions(emotion_spec)
     strengths = _strengths(strength_spec)
     scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec)
+    verify = _verify_scenarios(verify_spec, [s["id"] for s in scenarios])
     runtime = _load(model, seed, threads)
     sources = {}
     for name in names:
@@ -219,8 +235,9 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
         # evaluate the very file that will be rewritten
         runtime.vectors[name] = runtime.vector(str(path))
     store_dir = vector_dirs(runtime.model)[0]
-    chosen = calibration.calibrate(runtime, names, strengths, scenarios, seed=seed, max_tokens=max_tokens,
-                          judge=judge, progress=_step)
+    chosen = calibration.calibrate(runtime, names, strengths, scenarios, seed=seed,
+                                   max_tokens=max_tokens, judge=judge, verify=verify,
+                                   progress=_step)
     for name, info in chosen.items():
         info["source"] = str(sources[name])
         if info["strength"] is None or dry_run:
@@ -239,8 +256,11 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
             click.echo(f"{name:14} {'-':>8} {'-':>8} {'-':>8}  {window}  (no strength keeps 80% "
                        f"of replies surgical; vector left as it was)")
             continue
+        checked = (info.get("verified") or {}).get("surgical_share", {})
+        verified = ("  verified " + ", ".join(f"{k} {_pct(v)} surgical" for k, v in checked.items())
+                    if checked else "")
         click.echo(f"{name:14} {info['strength']:>8g} {_pct(info['success_rate']):>8} "
-                   f"{_pct(info['surgical_share']):>8}  {window}")
+                   f"{_pct(info['surgical_share']):>8}  {window}{verified}")
     written = [i["written"] for i in chosen.values() if i.get("written")]
     if written:
         _progress(f"wrote {len(written)} calibrated vector(s) to {written[0].rsplit('/', 1)[0]}")

@@ -46,16 +46,17 @@ __all__ = ["evaluate", "rejudge", "select_scenarios", "strength_key", "summarize
 
 # --- scenarios ------------------------------------------------------------------------------------
 
-def select_scenarios(spec: int | str | Sequence[str] | None = None) -> list[dict]:
+def select_scenarios(spec: int | str | Sequence[str] | None = None, *,
+                     exclude: Sequence[str] = ()) -> list[dict]:
     """Scenarios by count or by id.
 
     ``None``: all of them. An int N (or "N"): N scenarios taken round-robin over the kinds in file
     order (4 -> one neutral, one opposite, one conversational, one story). A comma-separated string
-    or list of ids: those, in the order given.
+    or list of ids: those, in the order given. Scenarios whose ids are in ``exclude`` are left out.
     """
     from . import stimuli
 
-    every = stimuli.scenarios()
+    every = [s for s in stimuli.scenarios() if s["id"] not in set(exclude)]
     if spec is None:
         return every
     if isinstance(spec, str) and spec.strip().isdigit():

@@ -152,6 +152,15 @@ def test_lexicon_judgement_uses_valence_for_unmapped_emotions():
     assert not judges.lexicon_judgement("gloomy", bleak, plain)["success"]
 
 
+def test_other_scenarios_leave_out_the_used_ones_and_cover_the_kinds():
+    used = [s["id"] for s in ev.select_scenarios(8)]
+    other = calibration.other_scenarios(used, 8)
+    assert len(other) == 8 and not {s["id"] for s in other} & set(used)
+    assert len({s["kind"] for s in other}) == len({s["kind"] for s in ev.select_scenarios()})
+    rest = calibration.other_scenarios(used, None)
+    assert len(rest) == len(ev.select_scenarios()) - 8
+
+
 def test_select_scenarios():
     four = ev.select_scenarios(4)
     assert [s["kind"] for s in four] == ["neutral", "opposite", "conversational", "story"]
@@ -387,9 +396,20 @@ def test_calibrate_one_emotion_writes_the_chosen_strength(runtime, tmp_path):
     from edgeemo.steer import find_vector
     from edgeemo.vectors import ControlVector
 
+    scenarios = ev.select_scenarios(2)
+    verify = calibration.other_scenarios([s["id"] for s in scenarios], 2)
     chosen = calibration.calibrate(runtime, [EMOTION], strengths=(0.03, 0.06),
-                          scenarios=ev.select_scenarios(2), max_tokens=32)
+                                   scenarios=scenarios, max_tokens=32, verify=verify)
     info = chosen[EMOTION]
+    if info["window"]:
+        # the chosen strength was checked on the other scenarios, stepping down from the best
+        checked = info["verified"]["surgical_share"]
+        assert info["verified"]["scenarios"] == [s["id"] for s in verify]
+        tried = [float(k) for k in checked]
+        assert tried == sorted(tried, reverse=True) and set(tried) <= set(info["window"])
+        assert all(share < calibration.SURGICAL_WINDOW for share in list(checked.values())[:-1])
+        if info["strength"] is not None:
+            assert checked[ev.strength_key(info["strength"])] >= calibration.SURGICAL_WINDOW
     assert set(info["per_strength"]) == {"0.03", "0.06"}
     assert info["strength"] in (0.03, 0.06, None)
     strength = info["strength"] or 0.03
