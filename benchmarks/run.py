@@ -122,12 +122,13 @@ def main() -> int:
     record["machine"]["load_average_end"] = benchlib.load_average()
     record["machine"]["versions"]["repeng"] = benchlib.package_version("repeng")
 
+    seconds = record["seconds"]
     if args.update:
         record = update(json.loads((out_dir / "results.json").read_text()), record)
     (out_dir / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     (out_dir / "RESULTS.md").write_text(markdown(record))
     failed = [n for n, r in record["benchmarks"].items() if r["status"] in ("failed", "partial")]
-    print(f"\n{len(names)} benchmarks in {record['seconds']:.0f} s"
+    print(f"\n{len(names)} benchmarks in {seconds:.0f} s"
           + (f"; with failures: {', '.join(failed)}" if failed else "")
           + f"\nwrote {out_dir / 'results.json'} and {out_dir / 'RESULTS.md'}")
     return 0
