@@ -91,10 +91,12 @@ def other_scenarios(used: Sequence[str], n: int | None = VERIFY_SCENARIOS) -> li
 def _verify(model, name: str, info: dict, rows: dict, scenarios: Sequence[dict], *, seed: int,
             max_tokens: int, threads: int | None, progress) -> None:
     """Step the chosen strength down the window until it stays surgical on ``scenarios``."""
-    checked = {}
+    checked, baseline = {}, None
     for strength in sorted((s for s in info["window"] if s <= info["strength"]), reverse=True):
         result = evaluate(model, [name], [strength], scenarios, seed=seed, max_tokens=max_tokens,
-                          use_probe=False, chance=False, threads=threads, progress=progress)
+                          use_probe=False, chance=False, threads=threads, baseline=baseline,
+                          progress=progress)
+        baseline = result["baseline"]             # answered once, whatever the strength
         share = result["summary"]["regimes"]["overall"]["surgical"]
         checked[strength_key(strength)] = share
         if share >= SURGICAL_WINDOW:

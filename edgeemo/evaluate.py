@@ -110,7 +110,7 @@ def _load_runtime(model, seed: int, threads: int | None = None):
 def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
              scenarios: Sequence[dict] | None = None, *, seed: int = 0, max_tokens: int = 60,
              temperature: float = 0.7, use_probe: bool = True, chance: bool = True,
-             threads: int | None = None,
+             threads: int | None = None, baseline: Sequence[dict] | None = None,
              progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Steer ``model`` with each emotion at each strength on each scenario; judge every reply.
 
@@ -123,6 +123,8 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
     when None). ``progress(label,
     done, total)`` is called after each reply. With ``chance`` each scenario also gets a second
     unsteered reply (seed + 1), judged like a steered one: the success rate of no steering.
+    ``baseline``: the "baseline" rows of an earlier result for the same model, scenarios, seed
+    and max_tokens, reused instead of answering the scenarios unsteered again.
     Returns one JSON-ready dict: settings, the baseline replies, the chance replies, every
     sample, and a ``summary`` of the aggregates.
     """
@@ -155,9 +157,16 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
 
     # the baseline: each scenario answered once, unsteered, with the same seed as the samples
     runtime.clear()
+    given = {b["scenario"]: b for b in baseline or []}
+    if given and any(s["id"] not in given for s in scenarios):
+        raise EdgeemoError("the baseline given to evaluate() lacks some of its scenarios")
     baseline: dict[str, dict] = {}
     generation_seconds, generated_tokens = 0.0, 0
     for i, scenario in enumerate(scenarios):
+        if given:
+            baseline[scenario["id"]] = {k: v for k, v in given[scenario["id"]].items()
+                                        if k != "probe"}
+            continue
         text, n_tokens, seconds = reply(scenario)
         generation_seconds += seconds
         generated_tokens += n_tokens
@@ -240,14 +249,15 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
               "chance": list(reference.values()), "samples": samples}
     rejudge(result)
     elapsed = time.perf_counter() - started
+    replies = len(samples) + (0 if given else len(baseline)) + len(reference)   # generated here
     result["timing"] = {
         "total_seconds": round(elapsed, 1), "generation_seconds": round(generation_seconds, 1),
         "probe_seconds": round(judge_seconds, 1),
-        "replies": len(samples) + len(baseline) + len(reference),
+        "replies": replies,
         "generated_tokens": generated_tokens,
         "tokens_per_second": round(generated_tokens / generation_seconds, 1)
         if generation_seconds else None,
-        "seconds_per_reply": round(elapsed / (len(samples) + len(baseline) + len(reference)), 3),
+        "seconds_per_reply": round(elapsed / replies, 3) if replies else None,
     }
     return result
 

@@ -381,8 +381,15 @@ def test_recommended_strength_is_each_vectors_own(runtime):
     own = runtime.vector(EMOTION).metadata["strength"]
     result = ev.evaluate(runtime, [EMOTION], [None], scenarios, seed=0, max_tokens=24,
                          use_probe=False, chance=False)
+    # the baseline of the first run is reused, not answered again: same samples all the same
     explicit = ev.evaluate(runtime, [EMOTION], [own], scenarios, seed=0, max_tokens=24,
-                           use_probe=False, chance=False)
+                           use_probe=False, chance=False, baseline=result["baseline"])
+    assert result["timing"]["replies"] == 2 * len(scenarios)
+    assert explicit["timing"]["replies"] == len(scenarios)
+    assert explicit["baseline"] == result["baseline"]
+    with pytest.raises(EdgeemoError, match="lacks some of its scenarios"):
+        ev.evaluate(runtime, [EMOTION], [own], scenarios, seed=0, max_tokens=24, use_probe=False,
+                    chance=False, baseline=result["baseline"][:1])
     assert result["settings"]["recommended_strengths"] == {EMOTION: own}
     assert {s["setting"] for s in result["samples"]} == {"recommended"}
     assert {s["strength"] for s in result["samples"]} == {own}
