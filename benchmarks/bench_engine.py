@@ -26,6 +26,7 @@ attention implementation, under ``torch.inference_mode()``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -248,6 +249,7 @@ def drift(report: benchlib.Report, engines: dict, settings: dict) -> None:
         dirs[precision] = analysis.directions(acts)
         if precision == "fp32":
             band = analysis.best_band(analysis.band_scores(acts), acts.layers)
+            fp32_acts = acts
     names = list(dirs["fp32"])
     cos = np.stack([(analysis.unit(dirs["fp32"][e]) * analysis.unit(dirs["int8"][e])).sum(-1)
                     for e in names])                                   # (E, L)
@@ -260,11 +262,10 @@ def drift(report: benchlib.Report, engines: dict, settings: dict) -> None:
                note=f"hidden states {band[0]}-{band[1]}, the band the fp32 vectors would use; "
                     f"median {float(np.median(cos[:, in_band])):.3f}")
     # context: how much the fp32 directions themselves move between two halves of the texts
-    halves = []
-    for part in (0, 1):
-        half = {k: v[part::2] for k, v in texts.items()}
-        halves.append(analysis.directions(extract.comprehension(
-            engines["onnxruntime fp32"].reader, half, batch_size=settings["batch"])))
+    # (the fp32 activations already read, split by odd and even text)
+    halves = [analysis.directions(dataclasses.replace(
+        fp32_acts, by_label={k: v[part::2] for k, v in fp32_acts.by_label.items()}))
+        for part in (0, 1)]
     split = np.stack([(analysis.unit(halves[0][e]) * analysis.unit(halves[1][e])).sum(-1)
                       for e in names])
     report.row("fp32 split-half direction cosine: median", float(np.median(split)), "",

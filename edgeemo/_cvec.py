@@ -53,20 +53,21 @@ def model_shape(llm) -> tuple[str, int, int]:
     return arch, n_embd, n_layer
 
 
-def apply(llm, buffer: np.ndarray | None, *, il_start: int = 1, il_end: int | None = None) -> None:
+def apply(llm, buffer: np.ndarray | None, *, il_start: int | None = None,
+          il_end: int | None = None) -> None:
     """Set ``buffer`` (from ``ControlVector.buffer`` or ``mix_buffer``) as the control vector.
 
     ``buffer=None`` clears it. ``il_start``/``il_end`` are the inclusive llama.cpp layer range
-    that is steered (default: all layers, 1 .. n_layer - 1). Raises ValueError for a buffer of the
-    wrong type or size and RuntimeError if llama.cpp refuses it.
+    that is steered; by default the layers whose part of the buffer is not zero, since llama.cpp
+    adds the buffer at every layer of the range, zeros included. Raises ValueError for a buffer of
+    the wrong type or size and RuntimeError if llama.cpp refuses it.
     """
     _, n_embd, n_layer = model_shape(llm)
-    if il_end is None:
-        il_end = n_layer - 1
     fn = _function()
 
     if buffer is None:
         data, length = None, 0
+        il_start, il_end = il_start or 1, il_end or n_layer - 1
     else:
         if not isinstance(buffer, np.ndarray) or buffer.dtype != np.float32:
             raise ValueError(f"control-vector buffer must be a float32 numpy array, not "
@@ -77,6 +78,9 @@ def apply(llm, buffer: np.ndarray | None, *, il_start: int = 1, il_end: int | No
         if buffer.size != expected:
             raise ValueError(f"control-vector buffer has {buffer.size} floats but this model needs "
                              f"n_embd * (n_layer - 1) = {n_embd} * {n_layer - 1} = {expected}")
+        written = steered_layers(buffer, n_embd)
+        il_start = (written[0] if written else 1) if il_start is None else il_start
+        il_end = (written[-1] if written else n_layer - 1) if il_end is None else il_end
         if not 1 <= il_start <= il_end <= n_layer - 1:
             raise ValueError(f"layer range {il_start}..{il_end} is outside 1..{n_layer - 1}")
         data, length = buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), buffer.size
@@ -86,3 +90,9 @@ def apply(llm, buffer: np.ndarray | None, *, il_start: int = 1, il_end: int | No
         raise RuntimeError(f"llama.cpp refused the control vector (return code {rc}; "
                            f"n_embd {n_embd}, {length} floats, layers {il_start}..{il_end})")
     llm.reset()
+
+
+def steered_layers(buffer: np.ndarray, n_embd: int) -> list[int]:
+    """The llama.cpp layers (1-based rows of the buffer) that hold something other than zeros."""
+    rows = buffer.reshape(-1, n_embd)
+    return [int(i) + 1 for i in np.flatnonzero(np.any(rows != 0, axis=1))]

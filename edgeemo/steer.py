@@ -154,11 +154,7 @@ class EmotionModel:
             scale = strength / recommended if recommended else strength
             parts.append((restrict(vec, layers), scale))
             applied[name] = strength
-        # only the layers some vector writes get llama.cpp's per-layer add: outside this range
-        # the buffer is zero, and adding zeros at every other layer would cost decode time
-        written = [n for vec, _ in parts for n in vec.layers]
-        _cvec.apply(self.llm, mix_buffer(parts, self.n_layer), il_start=max(1, min(written)),
-                    il_end=min(self.n_layer - 1, max(written)))
+        _cvec.apply(self.llm, mix_buffer(parts, self.n_layer))
         self.mix, self.layers = applied, layers
         return applied
 

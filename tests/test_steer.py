@@ -64,15 +64,17 @@ def test_a_mix_is_the_sum_of_its_parts_in_the_buffer(runtime, monkeypatch):
 
 def test_only_the_vectors_layers_are_steered_and_that_changes_nothing(runtime, monkeypatch):
     ranges = []
-    real_apply = _cvec.apply
-    monkeypatch.setattr(_cvec, "apply", lambda llm, buf, **kw: (ranges.append(kw),
-                                                                 real_apply(llm, buf, **kw)))
+    real_function = _cvec._function()
+    monkeypatch.setattr(_cvec, "_function", lambda: lambda ctx, data, length, n_embd, a, b: (
+        ranges.append((a, b)), real_function(ctx, data, length, n_embd, a, b))[1])
     runtime.steer({"afraid": 0.1})
     vec = runtime.vector("afraid")
-    assert ranges[-1] == {"il_start": vec.layers[0], "il_end": vec.layers[-1]}
+    assert ranges[-1] == (vec.layers[0], vec.layers[-1])         # not 1 .. n_layer - 1
     restricted = runtime.generate(PROMPT, **GREEDY)
-    # the same buffer over every layer (zeros outside the vector's): the same text
-    real_apply(runtime.llm, vec.buffer(runtime.n_layer, 0.1 / vec.metadata["strength"]))
+    # the same buffer added at every layer (zeros outside the vector's): the same text
+    buf = vec.buffer(runtime.n_layer, 0.1 / vec.metadata["strength"])
+    _cvec.apply(runtime.llm, buf, il_start=1, il_end=runtime.n_layer - 1)
+    assert ranges[-1] == (1, runtime.n_layer - 1)
     assert runtime.generate(PROMPT, **GREEDY) == restricted
     runtime.clear()
 
