@@ -33,10 +33,11 @@ QUICK = {"emotions": "afraid,happy", "texts_per_label": 4, "stories": 1, "neutra
 def make_vectors(model_name: str, method: str, emotion_names: list[str] | None,
                  texts_per_label: int | None, stories: int, neutral_stories: int,
                  story_tokens: int, threads: int) -> dict:
-    """What ``edgeemo export-vector --all`` does, timed step by step (run in a fresh process)."""
-    from edgeemo import analysis, emotions, export, extract, models, stimuli
+    """What ``edgeemo export-vector --all`` does (``make.make_vectors``), timed step by step (run
+    in a fresh process): the reading is done here so that --quick can read fewer texts."""
+    from edgeemo import emotions, export, extract, make, models, stimuli, store
     from edgeemo.reader import HiddenStateReader
-    from edgeemo.steer import EmotionModel, vector_dirs
+    from edgeemo.steer import EmotionModel
 
     steps = {}
     mark = time.perf_counter()
@@ -66,13 +67,13 @@ def make_vectors(model_name: str, method: str, emotion_names: list[str] | None,
                                   neutral_stories=neutral_stories, max_tokens=story_tokens, seed=0)
         n_items = sum(len(v) for v in acts.by_label.values())
         step("write and read stories")
-    band = analysis.best_band(analysis.band_scores(acts), acts.layers)
-    dirs = analysis.directions(acts)
-    out = vector_dirs(model)[0]
-    for name in acts.emotions:
-        analysis.make_vector(acts, name, dirs[name], band).to_gguf(out / f"{name}.gguf")
+    out = store.vector_dir(model.sha256)
+    vecs = make.vectors_from(acts)                      # what make_vectors does after reading
+    for name, vec in vecs.items():
+        vec.to_gguf(out / f"{name}.gguf")
     step("band, directions and vectors")
-    return {"steps": steps, "vectors": len(acts.emotions), "items": n_items,
+    band = next(iter(vecs.values())).metadata["hidden_states"].split("-")
+    return {"steps": steps, "vectors": len(vecs), "items": n_items,
             "band": [int(band[0]), int(band[1])]}
 
 

@@ -14,8 +14,8 @@ llama-cpp-python has no high-level call for control vectors, so we call the C AP
 * ``data = NULL`` turns steering off (the tensors stay allocated).
 * llama.cpp copies the buffer into its own tensors (``ggml_backend_tensor_set`` in
   ``llama_adapter_cvec::apply``), so the numpy buffer need not outlive the call.
-* After any change we call ``Llama.reset()``: ``generate`` otherwise reuses the cached prompt
-  prefix, whose keys and values were computed with the previous vector.
+* After any change we call ``Llama.reset()`` (unless asked not to): ``generate`` otherwise reuses
+  the cached prompt prefix, whose keys and values were computed with the previous vector.
 
 Layer indices follow :mod:`edgeemo.vectors`: layer N here is tensor ``direction.N``.
 """
@@ -54,13 +54,15 @@ def model_shape(llm) -> tuple[str, int, int]:
 
 
 def apply(llm, buffer: np.ndarray | None, *, il_start: int | None = None,
-          il_end: int | None = None) -> None:
+          il_end: int | None = None, reset: bool = True) -> None:
     """Set ``buffer`` (from ``ControlVector.buffer`` or ``mix_buffer``) as the control vector.
 
     ``buffer=None`` clears it. ``il_start``/``il_end`` are the inclusive llama.cpp layer range
     that is steered; by default the layers whose part of the buffer is not zero, since llama.cpp
     adds the buffer at every layer of the range, zeros included. Raises ValueError for a buffer of
-    the wrong type or size and RuntimeError if llama.cpp refuses it.
+    the wrong type or size and RuntimeError if llama.cpp refuses it. ``reset=False`` keeps the
+    cached keys and values (reply-only steering sets the vector between the prompt and the reply
+    on purpose, see ``steer.EmotionModel.stream_ids``).
     """
     _, n_embd, n_layer = model_shape(llm)
     fn = _function()
@@ -89,7 +91,8 @@ def apply(llm, buffer: np.ndarray | None, *, il_start: int | None = None,
     if rc != 0:
         raise RuntimeError(f"llama.cpp refused the control vector (return code {rc}; "
                            f"n_embd {n_embd}, {length} floats, layers {il_start}..{il_end})")
-    llm.reset()
+    if reset:
+        llm.reset()
 
 
 def steered_layers(buffer: np.ndarray, n_embd: int) -> list[int]:

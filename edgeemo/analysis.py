@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .emotions import NEUTRAL
+from .errors import require
 from .extract import Activations
 
 BASELINES = ("neutral", "grand")
@@ -172,36 +173,25 @@ def layer_report(acts: Activations, neutral_facts: np.ndarray | None = None, *,
 
 # --- control vectors ----------------------------------------------------------------------------
 
-DEFAULT_STRENGTH = 0.08    # fraction of the residual norm; `edgeemo calibrate` refines it
-
-
 def make_vector(acts: Activations, emotion: str, direction: np.ndarray, band: tuple[int, int], *,
-                strength: float = DEFAULT_STRENGTH, settings: dict | None = None):
-    """A llama.cpp control vector for ``emotion`` over hidden states ``band`` (inclusive).
-
-    Each layer's tensor is the unit direction times ``strength`` times that layer's typical
-    residual norm, so stock llama.cpp at scale 1.0 steers at the recommended strength.
-    direction: (L, d) over ``acts.layers``.
+                strength: float | None = None, settings: dict | None = None):
+    """A llama.cpp control vector for ``emotion`` over hidden states ``band`` (inclusive), at
+    ``strength`` (default ``vectors.DEFAULT_STRENGTH``; see ``vectors.at_strength`` for what the
+    tensors hold). direction: (L, d) over ``acts.layers``.
     """
-    from .vectors import ControlVector, direction_layer
+    from .vectors import DEFAULT_STRENGTH, ControlVector, at_strength, direction_layer
 
     first, last = band
     picked = [i for i, k in enumerate(acts.layers) if first <= k <= last]
     if not picked:
         raise ValueError(f"hidden states {first}-{last} are not among {acts.layers}")
     n_layer = acts.info["n_layer"]
-    unit_dirs = unit(direction[picked])
-    norms = acts.norms[picked]
-    scales = strength * norms
-    tensors = {direction_layer(acts.layers[i], n_layer=n_layer): unit_dirs[j] * scales[j]
-               for j, i in enumerate(picked)}
+    raw = {direction_layer(acts.layers[i], n_layer=n_layer): direction[i] for i in picked}
     metadata = {
         "emotion": emotion, "method": acts.method, "pooling": acts.info.get("pooling", "mean"),
-        "layers": f"{min(tensors)}-{max(tensors)}",
+        "layers": f"{min(raw)}-{max(raw)}",
         "hidden_states": f"{acts.layers[picked[0]]}-{acts.layers[picked[-1]]}",
-        "residual_norm": [float(x) for x in norms],
-        "direction_scale": [float(x) for x in scales],
-        "strength": float(strength),
+        "residual_norm": [float(x) for x in acts.norms[picked]],
         "model": acts.info["model"], "n_layer": int(n_layer),
         "source_sha256": acts.info["source_sha256"],
         "stimuli_hash": acts.info.get("stimuli_hash", ""),
@@ -210,7 +200,8 @@ def make_vector(acts: Activations, emotion: str, direction: np.ndarray, band: tu
     }
     if "seed" in acts.info:
         metadata["seed"] = int(acts.info["seed"])
-    return ControlVector(acts.info["architecture"], acts.info["n_embd"], tensors, metadata)
+    vec = ControlVector(acts.info["architecture"], acts.info["n_embd"], raw, metadata)
+    return at_strength(vec, DEFAULT_STRENGTH if strength is None else strength)
 
 
 def band_scores(acts: Activations) -> np.ndarray:
@@ -239,6 +230,7 @@ def per_emotion_separation(acts: Activations, band: tuple[int, int]) -> dict[str
 
 def compare(sep_a: dict[str, float], sep_b: dict[str, float]) -> dict:
     """Mann-Whitney U (two-sided) and Cohen's d between two methods' per-emotion scores."""
+    require("eval", "scipy")
     from scipy.stats import mannwhitneyu
 
     common = [e for e in sep_a if e in sep_b]
@@ -253,6 +245,7 @@ def compare(sep_a: dict[str, float], sep_b: dict[str, float]) -> dict:
 
 def plot_layers(reports: list[dict], path) -> None:
     """Accuracy (and anisotropy) against relative depth, one line per report."""
+    require("eval", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -7,42 +7,17 @@ one line and exit 1; set EDGEEMO_RAISE_ERRORS=1 to see the traceback instead.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 import click
 
 from . import __version__, models
+from .cli_common import (CONTEXT, Group, Progress, json_option, load_runtime, model_argument,
+                         print_json, say)
+from .chat import describe_mix
 from .errors import EdgeemoError
 
-CONTEXT = {"help_option_names": ["-h", "--help"]}
-
-
-class Group(click.Group):
-    """Turns EdgeemoError (and a full disk met outside the store helpers) into one-line errors."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except EdgeemoError as exc:
-            if os.environ.get("EDGEEMO_RAISE_ERRORS"):
-                raise
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted", err=True)
-            sys.exit(130)
-
-
-def progress(message: str) -> None:
-    click.echo(f"edgeemo: {message}", err=True)
-
-
-def print_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-model_argument = click.argument("model", required=False)
+progress = say            # the name the commands below use for a step of the work
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -66,6 +41,8 @@ def cli():
 @click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
 def models_command(json_):
     """List known models and which are in the store."""
+    from . import export
+
     rows = []
     for card in models.cards().values():
         path = models.store_path(card)
@@ -75,7 +52,8 @@ def models_command(json_):
             "source": card.source["type"], "offline": card.offline, "default": card.default,
             "size": card.size or None, "sha256": card.sha256 or None, "licence": card.licence,
             "present": path.is_file(), "path": str(path),
-            "exports": sorted(p.name for p in export_dirs(card)),
+            "exports": sorted(p.name for p in export.exports(models.Model(card.name, path, card)))
+            if card.sha256 else [],
         })
     if json_:
         print_json({"store": str(models.store.home()), "models": rows})
@@ -90,13 +68,6 @@ def models_command(json_):
         click.echo(f"{name:24} {r['family']:10} {r['architecture']:8} {r['kind']:9} "
                    f"{r['n_layer']:>6} {source:12} {status}")
     click.echo(f"\n* default model. Store: {models.store.home()}", err=True)
-
-
-def export_dirs(card):
-    if not card.sha256:
-        return []
-    root = models.store.home() / "exports" / card.sha256[:16]
-    return [p for p in root.iterdir() if (p / "manifest.json").is_file()] if root.is_dir() else []
 
 
 @cli.command()
@@ -128,37 +99,17 @@ def export_model(model, precision, force):
 
 # --- emotion vectors ----------------------------------------------------------------------------
 
-def step_progress(label: str, done: int, total: int) -> None:
-    """Progress of long loops on stderr: a live line on a terminal, one line per step otherwise."""
-    if sys.stderr.isatty():
-        click.echo(f"\redgeemo: {label} {done}/{total}   ", err=True, nl=done == total)
-    elif done == total:
-        click.echo(f"edgeemo: {label} {done}/{total}", err=True)
-
-
-method_option = click.option("--method", type=click.Choice(["generation", "comprehension"]),
+method_option = click.option("--method", type=click.Choice(["generation", "comprehension",
+                                                          "dialogue"]),
                              default="generation", show_default=True,
                              help="generation: the model writes stories and its own text is "
-                                  "read back; comprehension: it reads vignettes.")
+                                  "read back; comprehension: it reads vignettes; dialogue: it "
+                                  "reads assistant replies that differ only in tone (for chat).")
 pooling_option = click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean",
                               show_default=True, help="Mean over content tokens (sinks left "
                                                       "out), or the last token.")
 seed_option = click.option("--seed", type=int, default=0, show_default=True,
                            help="Seed for story sampling (same seed, same vector).")
-
-
-def load_activations(model, method, *, stimuli_file=None, concept=None, pooling="mean", seed=0,
-                     precision="fp32"):
-    from . import extract, stimuli
-
-    texts = stimuli.load_user_stimuli(stimuli_file) if stimuli_file else None
-    if concept is not None and texts is None:
-        texts = {concept: [], "neutral": []} if method == "generation" else None
-        if texts is None:
-            raise click.UsageError(f"'{concept}' is not one of the 20 emotions: comprehension "
-                                   f"needs its texts, give them with --stimuli FILE.jsonl")
-    return extract.activations(model, method, texts=texts, pooling=pooling, seed=seed,
-                               precision=precision, progress=step_progress, say=progress)
 
 
 def layer_table(report: dict) -> str:
@@ -177,17 +128,6 @@ def layer_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def layers_report(model, method, pooling="mean", seed=0):
-    from . import analysis, extract, stimuli
-    from .export import export_model
-    from .reader import HiddenStateReader
-
-    acts = load_activations(model, method, pooling=pooling, seed=seed)
-    reader = HiddenStateReader(export_model(model, progress=progress))
-    facts, _ = extract.read_pooled(reader, stimuli.neutral_facts(), acts.layers, pooling=pooling)
-    return acts, analysis.layer_report(acts, facts)
-
-
 @cli.command()
 @model_argument
 @method_option
@@ -197,44 +137,41 @@ def layers_report(model, method, pooling="mean", seed=0):
 @click.option("--plot", type=click.Path(dir_okay=False), help="Draw the curve to this PNG file.")
 def layers(model, method, pooling, seed, json_, plot):
     """Where emotions live: per-layer separation scores against relative depth."""
-    from . import analysis
+    from . import analysis, make, store
+    from .errors import require
 
-    resolved = models.ensure(model, progress=progress)
-    _, report = layers_report(resolved, method, pooling, seed)
-    path = models.store.home() / "reports" / f"{resolved.name}-{method}-layers.json"
-    models.store.write_text(path, json.dumps(report, indent=2))
+    if plot:
+        require("eval", "matplotlib")
+    resolved = models.ensure(model, progress=say)
+    _, report = make.layer_report(resolved, method, pooling=pooling, seed=seed,
+                                  progress=Progress(), say=say)
     if plot:
         analysis.plot_layers([report], plot)
     if json_:
         print_json(report)
     else:
         click.echo(layer_table(report))
+        path = store.reports_dir() / f"{resolved.name}-{method}-layers.json"
         click.echo(f"saved {path}" + (f" and {plot}" if plot else ""), err=True)
 
 
 @cli.command(name="compare-methods")
 @model_argument
 @seed_option
-@click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+@json_option
 def compare_methods(model, seed, json_):
     """Generation vs comprehension: per-emotion separation (cross-validated recall of each
     emotion at each method's best band), a Mann-Whitney U test and Cohen's d."""
-    from . import analysis
+    from . import make
+    from .errors import require
 
-    resolved = models.ensure(model, progress=progress)
-    result = {"model": resolved.name, "methods": {}}
-    seps = {}
-    for method in ("generation", "comprehension"):
-        acts, report = layers_report(resolved, method, seed=seed)
-        band = tuple(report["best_band"])
-        seps[method] = analysis.per_emotion_separation(acts, band)
-        result["methods"][method] = {"best_band": band, "best_band_depth": report["best_band_depth"],
-                                     "peak_accuracy": max(report["accuracy"]),
-                                     "separation": seps[method]}
-    result["test"] = analysis.compare(seps["generation"], seps["comprehension"])
+    require("eval", "scipy")
+    result = make.compare_methods(models.ensure(model, progress=say), seed=seed,
+                                  progress=Progress(), say=say)
     if json_:
         print_json(result)
         return
+    seps = {m: r["separation"] for m, r in result["methods"].items()}
     click.echo(f"{'emotion':14} {'generation':>10} {'comprehension':>13}")
     for e in seps["generation"]:
         click.echo(f"{e:14} {seps['generation'][e]:>10.3f} {seps['comprehension'][e]:>13.3f}")
@@ -268,14 +205,15 @@ def parse_layer_range(text: str) -> tuple[int, int] | None:
 @click.option("--layers", "layer_spec", default="auto", show_default=True,
               help="llama.cpp layers A-B (tensors direction.A … direction.B), or auto: the band "
                    "where emotions separate best.")
-@click.option("--strength", type=float, help="Recommended strength as a fraction of each "
-                                              "layer's residual norm (default 0.08).")
+@click.option("--strength", type=float, help="Recommended strength stored in the file, as a "
+                                              "fraction of each layer's residual norm "
+                                              "(default: vectors.DEFAULT_STRENGTH).")
 @click.option("--stimuli", "stimuli_file", type=click.Path(exists=True, dir_okay=False),
               help="Your own JSONL texts ({\"emotion\":…, \"text\":…}, with neutral ones).")
 @pooling_option
 @click.option("--baseline", type=click.Choice(["neutral", "grand"]), default="neutral",
               show_default=True, help="Subtract the neutral mean, or the mean of all emotions.")
-@click.option("--denoise", type=int, default=0, show_default=True,
+@click.option("--denoise", type=click.IntRange(0, 64), default=0, show_default=True,
               help="Project out this many top principal components of neutral text.")
 @seed_option
 @click.option("-o", "--output", type=click.Path(), help="Output file (a directory with --all). "
@@ -291,42 +229,17 @@ def export_vector(emotion, all_, model, method, layer_spec, strength, stimuli_fi
       edgeemo export-vector -e fear --layers 12-16 -o fear.gguf
       llama-cli -m model.gguf --control-vector fear.gguf      # stock llama.cpp, scale 1.0
     """
-    from pathlib import Path
-
-    from . import analysis, emotions
-    from .steer import check_strength, vector_dirs
+    from .make import make_vectors
 
     if all_ == bool(emotion):
         raise click.UsageError("give --emotion NAME or --all")
-    if strength is not None:
-        check_strength(strength)
-    band_override = parse_layer_range(layer_spec)
-    resolved = models.ensure(model, progress=progress)
-    if all_:
-        targets = list(emotions.EMOTIONS)
-    else:
-        targets = [emotions.canonical(emotion, allow_custom=True)]
-    concept = targets[0] if not all_ and targets[0] not in emotions.EMOTIONS else None
-    acts = load_activations(resolved, method, stimuli_file=stimuli_file, concept=concept,
-                            pooling=pooling, seed=seed)
-    missing = [t for t in targets if t not in acts.by_label]
-    if missing:
-        raise click.UsageError(f"the stimuli have no texts for {', '.join(missing)}")
-    if band_override:
-        n_layer = acts.info["n_layer"]
-        if band_override[1] > n_layer - 2:
-            raise click.BadParameter(f"layers go up to {n_layer - 2} for this model")
-        band = (band_override[0] + 1, band_override[1] + 1)      # llama.cpp N -> hidden N+1
-    else:
-        band = analysis.best_band(analysis.band_scores(acts), acts.layers)
-    dirs = analysis.directions(acts, baseline=baseline, denoise=denoise)
-    out_dir = Path(output) if (output and all_) else vector_dirs(resolved)[0]
-    for name in targets:
-        vec = analysis.make_vector(acts, name, dirs[name], band,
-                                   strength=strength or analysis.DEFAULT_STRENGTH,
-                                   settings={"baseline": baseline, "denoise": denoise})
-        path = Path(output) if (output and not all_) else out_dir / f"{name}.gguf"
-        vec.to_gguf(path)
+    layers = parse_layer_range(layer_spec)
+    resolved = models.ensure(model, progress=say)
+    paths = make_vectors(resolved, None if all_ else [emotion], method=method, layers=layers,
+                         strength=strength, stimuli_file=stimuli_file, pooling=pooling,
+                         baseline=baseline, denoise=denoise, seed=seed, output=output,
+                         progress=Progress(), say=say)
+    for path in paths:
         click.echo(path)
 
 
@@ -376,17 +289,6 @@ def mix_from(spec: str | None, strength: float | None) -> dict[str, float | None
         return {}
     mix = emotions.parse_mix(spec)
     return {name: (strength if s is None else s) for name, s in mix.items()}
-
-
-def describe_mix(mix: dict[str, float]) -> str:
-    return ", ".join(f"{name} {s:+.3f}" for name, s in mix.items()) if mix else "unsteered"
-
-
-def load_runtime(model, seed, n_ctx=2048):
-    from .steer import EmotionModel
-
-    progress("loading the model")
-    return EmotionModel(models.ensure(model, progress=progress), seed=seed, n_ctx=n_ctx)
 
 
 @cli.command()
@@ -457,10 +359,6 @@ def print_side_by_side(columns: list[tuple[str, str]]) -> None:
         click.echo(f"{left:<{col}} | {right}".rstrip())
 
 
-CHAT_HELP = ("commands: /emotion NAME[:S][,NAME:S]  /strength S  /off  /reset  /show  /help; "
-             "exit, quit or Ctrl-D leave; Ctrl-C stops a reply")
-
-
 @cli.command()
 @model_argument
 @emotion_option
@@ -480,20 +378,23 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
       edgeemo chat --emotion joy:0.06,calm:0.03 --system "You are a tour guide."
       printf 'hi\\n/emotion anger\\nhi again\\n' | edgeemo chat     # scripted
     """
+    from .chat import HELP, ChatSession
+
     runtime = load_runtime(model, seed)
     probe = None
     if monitor:
         from .probe import Probe
 
         probe = Probe(runtime.model, progress=progress)
-    session = ChatSession(runtime, system, seed, max_tokens, temperature, probe)
+    session = ChatSession(runtime, system=system, seed=seed, max_tokens=max_tokens,
+                          temperature=temperature, probe=probe)
     mix = mix_from(emotion_spec, strength)
     if mix:
-        session.command("/emotion " + ",".join(f"{k}:{v}" if v is not None else k
-                                               for k, v in mix.items()))
+        runtime.steer(mix)
+        click.echo(f"[steering: {describe_mix(runtime.mix)}]", err=True)
     interactive = sys.stdin.isatty()
-    click.echo(f"Chatting with {runtime.model.name} ({describe_mix(runtime.mix)}). "
-               f"{CHAT_HELP}", err=True)
+    click.echo(f"Chatting with {runtime.model.name} ({describe_mix(runtime.mix)}). {HELP}",
+               err=True)
     while True:
         try:
             if interactive:
@@ -511,80 +412,26 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
             continue
         try:
             if line.startswith("/"):
-                session.command(line)
+                click.echo(f"[{session.command(line)}]", err=True)
             else:
-                session.reply(line)
+                show_reply(session, line)
         except EdgeemoError as exc:
             click.echo(f"Error: {exc}", err=True)
 
 
-class ChatSession:
-    """The state of one chat: history, steering, and the in-chat commands."""
-
-    def __init__(self, runtime, system, seed, max_tokens, temperature, probe=None):
-        self.runtime, self.system, self.seed = runtime, system, seed
-        self.options = {"max_tokens": max_tokens, "temperature": temperature}
-        self.probe = probe
-        self.history: list[dict] = []
-        self.turn = 0
-
-    def messages(self) -> list[dict]:
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + self.history
-
-    def reply(self, text: str) -> None:
-        self.history.append({"role": "user", "content": text})
-        pieces = []
-        try:
-            for piece in self.runtime.stream(self.messages(), seed=self.seed + self.turn,
-                                             **self.options):
-                pieces.append(piece)
-                click.echo(piece, nl=False)
-        except KeyboardInterrupt:
-            click.echo(" [stopped]", nl=False)
-        except EdgeemoError:
-            self.history.pop()
-            raise
-        click.echo()
-        answer = "".join(pieces)
-        self.history.append({"role": "assistant", "content": answer})
-        self.turn += 1
-        if self.probe is not None and answer.strip():
-            ranked = self.probe.scores([answer])[0][:3]
-            click.echo("[probe] " + ", ".join(f"{n} {s:+.3f}" for n, s in ranked), err=True)
-
-    def command(self, line: str) -> None:
-        name, _, arg = line.partition(" ")
-        arg = arg.strip()
-        if name == "/emotion":
-            if not arg:
-                raise EdgeemoError("usage: /emotion NAME[:S][,NAME:S]")
-            from . import emotions
-
-            self.runtime.steer(emotions.parse_mix(arg))
-            click.echo(f"[steering: {describe_mix(self.runtime.mix)}]", err=True)
-        elif name == "/strength":
-            try:
-                value = float(arg)
-            except ValueError:
-                raise EdgeemoError(f"usage: /strength S (a number such as 0.08), not '{arg}'") from None
-            if not self.runtime.mix:
-                raise EdgeemoError("no emotion is set: use /emotion NAME first")
-            self.runtime.steer({n: (value if s >= 0 else -value) for n, s in self.runtime.mix.items()})
-            click.echo(f"[steering: {describe_mix(self.runtime.mix)}]", err=True)
-        elif name == "/off":
-            self.runtime.clear()
-            click.echo("[steering off]", err=True)
-        elif name == "/reset":
-            self.history, self.turn = [], 0
-            click.echo("[conversation cleared]", err=True)
-        elif name == "/show":
-            click.echo(f"[model {self.runtime.model.name}; steering: "
-                       f"{describe_mix(self.runtime.mix)}; {len(self.history) // 2} turns]", err=True)
-        elif name == "/help":
-            click.echo(CHAT_HELP, err=True)
-        else:
-            raise EdgeemoError(f"unknown command {name}; {CHAT_HELP}")
+def show_reply(session, line: str) -> None:
+    """Stream one reply to stdout; Ctrl-C stops it and keeps what was said."""
+    pieces = session.reply(line)
+    try:
+        for piece in pieces:
+            click.echo(piece, nl=False)
+    except KeyboardInterrupt:
+        pieces.close()
+        click.echo(" [stopped]", nl=False)
+    click.echo()
+    ranked = session.readout()
+    if ranked:
+        click.echo("[probe] " + ", ".join(f"{n} {s:+.3f}" for n, s in ranked), err=True)
 
 
 @cli.command()
@@ -606,7 +453,7 @@ def probe(text, model, json_):
 
 # --- steering evaluation (its commands live in their own module) -----------------------------------
 
-from .cli_evaluate import calibrate_command, evaluate_command  # noqa: E402
+from .cli_evaluate import calibrate_command, evaluate_command  # noqa: E402  (no import loop)
 
 cli.add_command(evaluate_command)
 cli.add_command(calibrate_command)

@@ -8,40 +8,21 @@ main group prints as one line.
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from .errors import EdgeemoError
+from .cli_common import (Progress, emotion_list, load_runtime, model_argument, say,
+                         threads_option)
+from .errors import EdgeemoError, require
 
-
-def _progress(message: str) -> None:
-    click.echo(f"edgeemo: {message}", err=True)
-
-
-def _step(label: str, done: int, total: int) -> None:
-    """A live line on a terminal; one line per finished step (a cell, the baseline) otherwise."""
-    if sys.stderr.isatty():
-        click.echo(f"\redgeemo: {label} {done}/{total}   ", err=True, nl=done == total)
-    elif done == total:
-        click.echo(f"edgeemo: {label} {done}/{total}", err=True)
-
-
-def _emotions(spec: str) -> list[str]:
-    from . import emotions
-
-    if spec.strip().lower() == "all":
-        return list(emotions.EMOTIONS)
-    names = [emotions.canonical(part) for part in spec.split(",") if part.strip()]
-    if not names:
-        raise EdgeemoError("give emotions as a,b,c or all")
-    return list(dict.fromkeys(names))
+_emotions = emotion_list
+DEFAULT_JUDGES = "reader-smollm2,reader-gemma3,lexicon"
 
 
 def _strengths(spec: str, *, recommended: bool = False) -> list[float | None]:
     """Strengths from "0.04,0.08"; with ``recommended``, the word "recommended" stands for each
     vector's own strength (None)."""
-    from .steer import check_strength
+    from .vectors import check_strength
 
     values, own = [], False
     for part in spec.split(","):
@@ -64,22 +45,10 @@ def _strengths(spec: str, *, recommended: bool = False) -> list[float | None]:
     return ([None] if own else []) + sorted(set(values))
 
 
-def _load(model, seed, threads):
-    from . import models
-    from .steer import EmotionModel
-
-    resolved = models.ensure(model, progress=_progress)
-    return EmotionModel(resolved, seed=seed, threads=threads)
-
-
-model_argument = click.argument("model", required=False)
 emotions_option = click.option("--emotions", "emotion_spec", default="all", show_default=True,
                                help="Emotions to steer with: a,b,c or all.")
 seed_option = click.option("--seed", type=int, default=0, show_default=True,
                            help="Sampling seed (same seed, same numbers).")
-threads_option = click.option("--threads", type=click.IntRange(1, 256),
-                              help="llama.cpp threads (default: one per core; on a machine busy "
-                                   "with other work 1 is much faster).")
 
 
 @click.command(name="evaluate")
@@ -89,50 +58,91 @@ threads_option = click.option("--threads", type=click.IntRange(1, 256),
               help="Strengths to try (fractions of the residual norm), comma-separated; "
                    "'recommended' = each vector's own (calibrated) strength.")
 @click.option("--scenarios", "scenario_spec", default="8", show_default=True,
-              help="A number of scenarios (spread over the kinds) or comma-separated ids, or all.")
+              help="A number of prompts (spread over the kinds) or comma-separated ids, or all.")
+@click.option("--prompts", "pool", type=click.Choice(["requests", "scenarios"]),
+              default="requests", show_default=True,
+              help="requests: everyday requests to an assistant (none is in the dialogue data); "
+                   "scenarios: statements, openings and story starts.")
+@click.option("--judges", "judge_spec", default=DEFAULT_JUDGES, show_default=True,
+              help="Comma-separated: reader-smollm2, reader-gemma3 (held-out readers of two "
+                   "model families), lexicon (Empath, VADER), probe (the model's own readout "
+                   "with the evaluated vectors: a diagnostic, not independent).")
+@click.option("--on-task/--no-on-task", default=True, show_default=True,
+              help="Check that each reply still answers its prompt (an independent embedding "
+                   "model); success then needs it.")
+@click.option("--steer-prompt", is_flag=True, help="Steer the prompt's tokens too, as stock "
+                                                   "llama.cpp does (default: only the reply).")
+@click.option("--vectors", "vector_dir", type=click.Path(exists=True, file_okay=False),
+              help="Evaluate the <emotion>.gguf files in this directory instead of the store's "
+                   "or the prebuilt ones.")
 @seed_option
 @click.option("--max-tokens", type=click.IntRange(1, 512), default=60, show_default=True)
 @click.option("--json", "json_", is_flag=True, help="Print the whole result as one JSON document.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
               help="Write result.json, report.md and plots to this directory.")
 @threads_option
-def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, seed, max_tokens, json_,
-                     report_dir, threads):
-    """Measure steering: success per judge, regimes, and language drift.
+def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, pool, judge_spec,
+                     on_task, steer_prompt, vector_dir, seed, max_tokens, json_, report_dir,
+                     threads):
+    """Measure steering: success per judge, on-task, identification, regimes, language drift.
 
     \b
-    Every scenario is answered once unsteered, then once per emotion × strength with the same
-    seed. Judges: lexicon (Empath categories, VADER valence) and probe (the model's own readout).
-    Regimes: surgical (fluent, tone moved), repetitive (loops), explosive (breaks apart).
+    Every prompt is answered once unsteered, twice (seeds s and s+1) for the chance level, then
+    once per emotion × strength with seed s. A steered reply succeeds for a judge when it moved
+    toward the emotion beyond the judge's margin (the 90th percentile of two unsteered replies'
+    difference), stays on task and does not collapse. Regimes: surgical (fluent), repetitive
+    (loops), explosive (breaks apart).
 
     \b
     Examples:
       edgeemo evaluate --emotions afraid,happy --strengths 0.04,0.08 --scenarios 4
       edgeemo evaluate --emotions all --strengths recommended --scenarios all --report eval-report
     """
-    from . import evaluate as ev
-    from .report import write_report
+    require("eval", "empath", "vaderSentiment", "matplotlib")
+    from .evaluation import evaluate as ev
+    from .evaluation.judges import JUDGES
+    from .evaluation.report import write_report
 
     names = _emotions(emotion_spec)
     strengths = _strengths(strength_spec, recommended=True)
-    scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec)
-    runtime = _load(model, seed, threads)
-    _progress(f"{len(names)} emotions × {len(strengths)} strengths × {len(scenarios)} scenarios "
-              f"= {len(names) * len(strengths) * len(scenarios)} steered replies")
+    judges = [j.strip() for j in judge_spec.split(",") if j.strip()]
+    unknown = [j for j in judges if j not in JUDGES]
+    if unknown or not judges:
+        raise EdgeemoError(f"unknown judge '{', '.join(unknown)}': choose from {', '.join(JUDGES)}")
+    scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec,
+                                    pool=pool)
+    runtime = load_runtime(model, seed, threads)
+    if vector_dir:
+        use_vectors(runtime, names, vector_dir)
+    say(f"{len(names)} emotions × {len(strengths)} strengths × {len(scenarios)} prompts "
+        f"= {len(names) * len(strengths) * len(scenarios)} steered replies")
     result = ev.evaluate(runtime, names, strengths, scenarios, seed=seed, max_tokens=max_tokens,
-                         progress=_step)
+                         judges=judges, on_task=on_task, steer_prompt=steer_prompt,
+                         progress=Progress())
     if report_dir:
         paths = write_report(result, report_dir)
-        _progress(f"report written to {paths['markdown']}")
+        say(f"report written to {paths['markdown']}")
     if json_:
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
         return
     print_summary(result)
 
 
+def use_vectors(runtime, names: list[str], directory) -> None:
+    """Steer with ``directory/<emotion>.gguf`` for each emotion (checked against the model)."""
+    from pathlib import Path
+
+    for name in names:
+        path = Path(directory) / f"{name}.gguf"
+        if not path.is_file():
+            raise EdgeemoError(f"no {name}.gguf in {directory}: give a directory with a vector "
+                               f"for each emotion evaluated")
+        runtime.vectors[name] = runtime.vector(str(path))
+
+
 def print_summary(result: dict) -> None:
-    from .regimes import REGIMES
-    from .report import strength_key
+    from .evaluation.regimes import REGIMES
+    from .evaluation.report import strength_key
 
     st, sm = result["settings"], result["summary"]
     judges = st["judges"]
@@ -155,10 +165,21 @@ def print_summary(result: dict) -> None:
                f"(baseline {_pct(sm['regimes']['baseline']['surgical'])}); "
                f"language drift in {sm['drift']['steered']} of {sm['n_samples']} replies; "
                f"{result['timing']['total_seconds']:.0f} s")
+    chat = sm.get("chat") or {}
+    if chat.get("on_task") is not None:
+        click.echo(f"on task {_pct(chat['on_task'])} (unsteered {_pct(chat['on_task_unsteered'])}); "
+                   f"coherent {_pct(chat['coherent'])}")
+    if chat.get("success"):
+        click.echo("success = moved, on task and coherent: " + ", ".join(
+            f"{j} {_pct(v)}" for j, v in chat["success"].items()))
+    if chat.get("identification"):
+        click.echo("identification among the emotions' replies to each prompt: " + ", ".join(
+            f"{j} {_pct(v['top1'])} (chance {_pct(v['chance'])})"
+            for j, v in chat["identification"].items()))
 
 
 def _verify_scenarios(spec: str, used: list[str]) -> list[dict]:
-    from .calibration import other_scenarios
+    from .evaluation.calibration import other_scenarios
 
     spec = spec.strip().lower()
     if spec == "all":
@@ -206,16 +227,17 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
       edgeemo calibrate --emotions afraid
       edgeemo calibrate --emotions all --prebuilt
     """
-    from . import calibration
-    from . import evaluate as ev
-    from . import models
-    from .steer import find_vector, vector_dirs
+    require("eval", "empath", "vaderSentiment")
+    from . import models, store
+    from .evaluation import calibration
+    from .evaluation import evaluate as ev
+    from .steer import find_vector
 
     names = _emotions(emotion_spec)
     strengths = _strengths(strength_spec)
     scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec)
     verify = _verify_scenarios(verify_spec, [s["id"] for s in scenarios])
-    runtime = _load(model, seed, threads)
+    runtime = load_runtime(model, seed, threads)
     sources = {}
     for name in names:
         if prebuilt:
@@ -234,10 +256,10 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
         sources[name] = path
         # evaluate the very file that will be rewritten
         runtime.vectors[name] = runtime.vector(str(path))
-    store_dir = vector_dirs(runtime.model)[0]
+    store_dir = store.vector_dir(runtime.model.sha256)
     chosen = calibration.calibrate(runtime, names, strengths, scenarios, seed=seed,
                                    max_tokens=max_tokens, judge=judge, verify=verify,
-                                   progress=_step)
+                                   progress=Progress())
     for name, info in chosen.items():
         info["source"] = str(sources[name])
         if info["strength"] is None or dry_run:
@@ -263,4 +285,4 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
                    f"{_pct(info['surgical_share']):>8}  {window}{verified}")
     written = [i["written"] for i in chosen.values() if i.get("written")]
     if written:
-        _progress(f"wrote {len(written)} calibrated vector(s) to {written[0].rsplit('/', 1)[0]}")
+        say(f"wrote {len(written)} calibrated vector(s) to {written[0].rsplit('/', 1)[0]}")

@@ -43,3 +43,22 @@ class VectorFormatError(EdgeemoError):
 
 class UnknownEmotion(EdgeemoError):
     pass
+
+
+class MissingExtra(EdgeemoError):
+    """An optional part of edgeemo is not installed."""
+
+
+EXTRAS = {"export": "GGUF -> ONNX export", "eval": "evaluation, statistics and plots"}
+
+
+def require(extra: str, *modules: str) -> None:
+    """Import ``modules`` or raise a one-line MissingExtra naming the ``pip install`` to run."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise MissingExtra(f"{EXTRAS.get(extra, extra)} needs the '{extra}' extra ({name} is "
+                               f"not installed): pip install 'edgeemo[{extra}]'") from None

@@ -20,8 +20,8 @@ import time
 import warnings
 from pathlib import Path
 
-from . import __version__, models, store
-from .errors import ExportError, UnsupportedArchitecture
+from . import __version__, store
+from .errors import ExportError, UnsupportedArchitecture, require
 from .models import Model, check_gguf
 
 PRECISIONS = ("fp32", "int8")
@@ -57,15 +57,16 @@ def supported_architectures() -> list[str]:
     return sorted(a for a in GGUF_CONFIG_MAPPING if a not in ("general", "tokenizer"))
 
 
-def export_dir(sha256: str, precision: str) -> Path:
-    return store.home() / "exports" / sha256[:16] / precision
-
-
 def cached_export(model: Model, precision: str = "fp32") -> Path | None:
     """The export directory for this model if it exists and is complete, else None."""
-    sha = models.model_sha256(model)
-    out = export_dir(sha, precision)
+    out = store.export_dir(model.sha256, precision)
     return out if (out / MANIFEST).is_file() else None
+
+
+def exports(model: Model) -> list[Path]:
+    """The complete exports of a model, one directory per precision."""
+    return [d for d in (store.export_dir(model.sha256, p) for p in PRECISIONS)
+            if (d / MANIFEST).is_file()]
 
 
 def export_model(model: Model, precision: str = "fp32", *, force: bool = False, progress=None) -> Path:
@@ -74,8 +75,8 @@ def export_model(model: Model, precision: str = "fp32", *, force: bool = False, 
         raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
     say = progress or (lambda msg: None)
     info = gguf_info(model.path)
-    sha = models.model_sha256(model)
-    out = export_dir(sha, precision)
+    sha = model.sha256
+    out = store.export_dir(sha, precision)
     if (out / MANIFEST).is_file() and not force:      # no torch needed to reuse an export
         say(f"using the cached export in {out}")
         return out
@@ -96,13 +97,7 @@ def export_model(model: Model, precision: str = "fp32", *, force: bool = False, 
 
 
 def require_export_extra() -> None:
-    try:
-        import optimum.exporters.onnx  # noqa: F401
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as exc:
-        raise ExportError(f"export needs the 'export' extra ({exc.name} is missing): "
-                          f"pip install 'edgeemo[export]'") from None
+    require("export", "optimum.exporters.onnx", "torch", "transformers")
 
 
 def hidden_states_config(model):

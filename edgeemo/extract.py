@@ -1,10 +1,14 @@
 """Emotion activations: the model's pooled hidden states while it reads or writes about emotions.
 
-Two methods (Jeong 2026 compares them):
+Three methods (the first two are Jeong 2026's):
   comprehension  the ONNX model reads vignettes that show an emotion without naming it
   generation     the GGUF model writes stories about a character feeling the emotion (through
                  llama.cpp, seeded); the ONNX model reads prompt + story and pools only the
                  story's tokens, so the vector comes from the model's own words
+  dialogue       the model reads assistant replies to everyday requests inside its own chat
+                 template (user turn, then the reply), pooled over the reply's tokens only; each
+                 request is answered neutrally and in each emotion with the same content, so
+                 emotion mean − neutral mean is the mean paired difference: tone, not topic
 
 Pooling is the mean over content tokens, with attention-sink positions left out (the first
 position's norm is ~100x the others' in SmolLM2 and would dominate a mean), or the last token.
@@ -26,7 +30,7 @@ from .reader import HiddenStateReader
 from .vectors import hidden_state_index, usable_layers
 
 POOLINGS = ("mean", "last")
-METHODS = ("generation", "comprehension")
+METHODS = ("generation", "comprehension", "dialogue")
 SINK_RATIO = 8.0          # a position whose norm is this many times the text's median is a sink
 
 
@@ -119,6 +123,32 @@ def comprehension(reader: HiddenStateReader, texts: dict[str, list[str]] | None 
                    info={"stimuli_hash": stimuli.stimuli_hash(texts)})
 
 
+# --- dialogue ---------------------------------------------------------------------------------
+
+def dialogue(reader: HiddenStateReader, records: list[dict] | None = None, *,
+             layers: list[int] | None = None, pooling: str = "mean", batch_size: int = 8,
+             progress: Callable | None = None) -> Activations:
+    """The model reads replies that differ only in tone. ``records``: ``{"request", "emotion",
+    "text"}`` rows (default the shipped ones), each request with a neutral reply."""
+    records = records or stimuli.dialogue()
+    turns = {q: reader.turn_ids(q) for q in dict.fromkeys(r["request"] for r in records)}
+    items: dict[str, list] = {}
+    starts: dict[str, list[int]] = {}
+    for r in sorted(records, key=lambda r: r["emotion"] != emotions.NEUTRAL):   # neutral last,
+        turn = turns[r["request"]]                                             # file order kept
+        reply = reader.encode(r["text"] if reader.has_template else " " + r["text"])
+        items.setdefault(r["emotion"], []).append(turn + reply)
+        starts.setdefault(r["emotion"], []).append(len(turn))
+    neutral = items.pop(emotions.NEUTRAL), starts.pop(emotions.NEUTRAL)
+    items[emotions.NEUTRAL], starts[emotions.NEUTRAL] = neutral
+    complete = len({len(v) for v in items.values()}) == 1
+    return collect(reader, "dialogue", items, starts, layers=layers, pooling=pooling,
+                   batch_size=batch_size, progress=progress,
+                   info={"stimuli_hash": stimuli.stimuli_hash(records),
+                         # every emotion answers the same requests in the same order
+                         "paired": complete})
+
+
 # --- generation -------------------------------------------------------------------------------
 
 STORY_TOKENS = 160
@@ -128,7 +158,7 @@ STORY_TEMPERATURE = 0.8
 def story_cache_path(model: models.Model, prompt: str, seed: int, max_tokens: int):
     key = json.dumps([prompt, seed, max_tokens, STORY_TEMPERATURE], ensure_ascii=False)
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    return store.home() / "cache" / "stories" / models.model_sha256(model)[:16] / f"{digest}.json"
+    return store.cache_dir("stories", model.sha256) / f"{digest}.json"
 
 
 def write_story(runtime, prompt: str, *, seed: int, max_tokens: int = STORY_TOKENS) -> dict:
@@ -187,30 +217,45 @@ def generation(runtime, reader: HiddenStateReader, labels: list[str] | None = No
 # --- from a model name to activations, cached --------------------------------------------------
 
 def activations(model: models.Model, method: str = "generation", *,
-                texts: dict[str, list[str]] | None = None, pooling: str = "mean",
-                precision: str = "fp32", seed: int = 0, stories: int = 6,
+                texts: dict[str, list[str]] | list[dict] | None = None, labels: Sequence[str] | None = None,
+                pooling: str = "mean", precision: str = "fp32", seed: int = 0, stories: int = 6,
                 progress: Callable | None = None, say: Callable | None = None) -> Activations:
     """Activations of ``model`` by ``method``, from the store's cache when the same inputs were
-    seen before (the ONNX export is made if missing; stories are written if missing)."""
+    seen before (the ONNX export is made if missing; stories are written if missing).
+
+    ``texts``: for comprehension, emotion -> texts to read, neutral included (default the shipped
+    vignettes); for dialogue, ``{"request", "emotion", "text"}`` rows (default the shipped ones). ``labels`` (generation only): the emotions or concepts to write stories
+    about; default the 20 emotions. Neutral stories are always written.
+    """
     from . import export
     from .steer import EmotionModel
 
     if method not in METHODS:
-        raise EdgeemoError(f"unknown method '{method}': choose generation or comprehension")
+        raise EdgeemoError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
+    if method == "generation" and texts:
+        raise EdgeemoError("the generation method writes its own texts; to read your texts use "
+                           "the comprehension method (--method comprehension)")
+    if method != "generation" and labels:
+        raise EdgeemoError(f"the {method} method reads texts, not labels: give texts "
+                           f"(--stimuli FILE.jsonl) or use the generation method")
     say = say or (lambda msg: None)
+    if method == "generation":
+        labels = list(dict.fromkeys([*(labels or emotions.EMOTIONS), emotions.NEUTRAL]))
     key = {"method": method, "pooling": pooling, "precision": precision, "version": __version__,
            "texts": stimuli.stimuli_hash(texts) if texts else None,
+           "labels": labels if method == "generation" else None,
            "seed": seed if method == "generation" else None,
            "stories": stories if method == "generation" else None}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    path = store.home() / "cache" / "activations" / models.model_sha256(model)[:16] / f"{digest}.npz"
+    path = store.cache_dir("activations", model.sha256) / f"{digest}.npz"
     if path.is_file():
         return load_activations(path)
     reader = HiddenStateReader(export.export_model(model, precision, progress=say))
     if method == "comprehension":
         acts = comprehension(reader, texts, pooling=pooling, progress=progress)
+    elif method == "dialogue":
+        acts = dialogue(reader, texts, pooling=pooling, progress=progress)
     else:
-        labels = list(texts) if texts else None
         runtime = EmotionModel(model, seed=seed)
         acts = generation(runtime, reader, labels, seed=seed, stories=stories, pooling=pooling,
                           progress=progress)

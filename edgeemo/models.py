@@ -13,7 +13,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from . import store
@@ -83,15 +84,27 @@ class Model:
     name: str
     path: Path
     card: Card | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def present(self) -> bool:
         return self.path.is_file()
 
+    @cached_property
+    def sha256(self) -> str:
+        """The GGUF's sha256: pinned by its card, recorded at pull, or computed once (local files).
+
+        Every per-model path in the store is keyed by it (``store.export_dir`` and the others).
+        """
+        if self.card is not None and self.card.sha256:
+            return self.card.sha256
+        recorded = self.path.with_suffix(".sha256")
+        if recorded.is_file():
+            return recorded.read_text().strip()
+        return store.sha256_file(self.path)
+
 
 def store_path(card: Card) -> Path:
-    return store.home() / "models" / f"{card.name}.gguf"
+    return store.model_file(card.name)
 
 
 def looks_like_path(name: str) -> bool:
@@ -116,16 +129,6 @@ def resolve(name: str | None = None) -> Model:
     hint = f"did you mean '{close}'? " if close else ""
     raise UnknownModel(f"unknown model '{name}': {hint}known models: {', '.join(known)} "
                        f"(or give a path to a .gguf file)")
-
-
-def model_sha256(model: Model) -> str:
-    """The GGUF's sha256: pinned by its card, recorded at pull, or computed (local files)."""
-    if model.card is not None and model.card.sha256:
-        return model.card.sha256
-    recorded = model.path.with_suffix(".sha256")
-    if recorded.is_file():
-        return recorded.read_text().strip()
-    return store.sha256_file(model.path)
 
 
 def check_gguf(path: Path) -> None:

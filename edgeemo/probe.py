@@ -38,8 +38,7 @@ class Probe:
     def neutral_mean(self) -> np.ndarray:
         """Mean pooled state of the shipped neutral texts at the probe's layers (cached)."""
         key = stimuli.stimuli_hash(self.layers, stimuli.comprehension([])["neutral"])[:16]
-        path = (store.home() / "cache" / "probe" / models.model_sha256(self.model)[:16]
-                / f"neutral-{key}.npy")
+        path = store.cache_dir("probe", self.model.sha256) / f"neutral-{key}.npy"
         if path.is_file():
             return np.load(path)
         states, _ = read_pooled(self.reader, stimuli.comprehension([])["neutral"], self.layers)

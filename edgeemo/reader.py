@@ -73,6 +73,26 @@ class HiddenStateReader:
             ids = [self.manifest["bos_token_id"]] + ids
         return ids
 
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` as a continuation: no BOS, special-token strings read as text."""
+        if self._vocab is not None:
+            return self._vocab.tokenize(text.encode(), add_bos=False, special=False)
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    @property
+    def has_template(self) -> bool:
+        return bool(self._vocab is not None and self._vocab.metadata.get("tokenizer.chat_template"))
+
+    def turn_ids(self, request: str) -> list[int]:
+        """A user turn, ready for the assistant's reply: the model's chat template if it has one,
+        else a plain ``User: …\nAssistant:`` transcript (base models)."""
+        from . import steer
+
+        messages = [{"role": "user", "content": request}]
+        if self.has_template:
+            return steer.prompt_ids(self._vocab, messages)
+        return self.tokenize(steer.transcript(messages))
+
     def read(self, items: Iterable[str | Sequence[int]], layers: Sequence[int], *,
              batch_size: int = 8) -> Iterator[np.ndarray]:
         """Yield, per item and in order, its hidden states (len(layers), n_tokens, n_embd).

@@ -9,6 +9,11 @@ The shipped data lives in ``edgeemo/data`` as JSONL (UTF-8, one JSON object per 
     generation.jsonl      {"emotion": ..., "prompt": ...} story prompts; "*" marks a generic template,
                           "neutral" a plain topic; templates contain the placeholder {emotion}
     scenarios.jsonl       {"id", "kind", "prompt"}        prompts for steering evaluation
+    dialogue.jsonl        {"request", "emotion", "text"}  assistant replies to everyday requests,
+                          each request answered neutrally and in each of the 20 emotions with the
+                          same content: only the tone differs (the dialogue method)
+    requests.jsonl        {"id", "kind", "prompt"}        everyday requests for evaluating steered
+                          chat; none of them is in dialogue.jsonl
 
 Users can bring their own vignettes with ``--stimuli FILE.jsonl`` (see :func:`load_user_stimuli`).
 Every problem is reported as a one-line :class:`StimuliError` naming the file and line.
@@ -33,6 +38,7 @@ SCENARIO_KINDS = ("neutral", "opposite", "conversational", "story")
 MIN_USER_TEXTS = 2
 
 _TEXT_SHAPE = '{"emotion": ..., "text": ...}'
+_DIALOGUE_SHAPE = '{"request": ..., "emotion": ..., "text": ...}'
 
 
 class StimuliError(EdgeemoError):
@@ -249,6 +255,75 @@ def load_user_stimuli(path: Path | str) -> dict[str, list[str]]:
             raise StimuliError(f"{label}: only {count} text for {emotion!r}; add at least "
                                f"{MIN_USER_TEXTS} lines for each emotion")
     return grouped
+
+
+def _dialogue_records(path: Path | str, *, allow_custom: bool) -> tuple[str, list[dict]]:
+    label, records = _numbered_records(path)
+    out, seen = [], set()
+    for lineno, obj in records:
+        where = f"{label}:{lineno}"
+        row = {"request": _field(obj, "request", where, _DIALOGUE_SHAPE),
+               "emotion": _emotion_field(obj, where, _DIALOGUE_SHAPE, allow_custom=allow_custom),
+               "text": _field(obj, "text", where, _DIALOGUE_SHAPE)}
+        if (row["request"], row["emotion"]) in seen:
+            raise StimuliError(f"{where}: a second {row['emotion']!r} reply to the same request; "
+                               f"give each request one reply per emotion")
+        seen.add((row["request"], row["emotion"]))
+        out.append(row)
+    return label, out
+
+
+def check_dialogue(label: str, rows: list[dict]) -> list[dict]:
+    """Every request with an emotional reply has a neutral one (the pair a direction is made of),
+    and every emotion has replies to at least two requests."""
+    neutral = {r["request"] for r in rows if r["emotion"] == NEUTRAL}
+    unpaired = [r["request"] for r in rows if r["emotion"] != NEUTRAL and r["request"] not in neutral]
+    if unpaired:
+        raise StimuliError(f'{label}: the request {unpaired[0]!r} has no neutral reply; add a line '
+                           f'with "emotion": "neutral" for it (each emotional reply is compared '
+                           f"with the neutral reply to the same request)")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["emotion"]] = counts.get(r["emotion"], 0) + 1
+    if set(counts) == {NEUTRAL}:
+        raise StimuliError(f"{label}: only neutral replies; add replies in at least one emotion")
+    for emotion, count in counts.items():
+        if count < MIN_USER_TEXTS:
+            raise StimuliError(f"{label}: only {count} reply for {emotion!r}; give at least "
+                               f"{MIN_USER_TEXTS} requests a reply in each emotion")
+    return rows
+
+
+@lru_cache(maxsize=None)
+def _dialogue() -> tuple[dict, ...]:
+    label, rows = _dialogue_records(DATA / "dialogue.jsonl", allow_custom=False)
+    return tuple(check_dialogue(label, rows))
+
+
+def dialogue(emotions: Iterable[str] | None = None) -> list[dict]:
+    """The shipped replies (``{"request", "emotion", "text"}``), neutral ones always included."""
+    wanted = None if emotions is None else {canonical(e) for e in emotions} | {NEUTRAL}
+    return [dict(r) for r in _dialogue() if wanted is None or r["emotion"] in wanted]
+
+
+def load_user_dialogue(path: Path | str) -> list[dict]:
+    """A user's ``--stimuli`` file for the dialogue method, checked line by line."""
+    label, rows = _dialogue_records(path, allow_custom=True)
+    return check_dialogue(label, rows)
+
+
+@lru_cache(maxsize=None)
+def _requests() -> tuple[dict, ...]:
+    label, records = _numbered_records(DATA / "requests.jsonl")
+    shape = '{"id": ..., "kind": ..., "prompt": ...}'
+    return tuple({k: _field(obj, k, f"{label}:{n}", shape) for k in ("id", "kind", "prompt")}
+                 for n, obj in records)
+
+
+def requests() -> list[dict]:
+    """Everyday requests for evaluating steered chat (shaped like scenarios; none is in the
+    dialogue data the dialogue vectors are made from)."""
+    return [dict(r) for r in _requests()]
 
 
 def stimuli_hash(*objects) -> str:

@@ -4,9 +4,11 @@
       models/<name>.gguf              pulled GGUF files
       exports/<sha256[:16]>/<precision>/   model.onnx, tokenizer.json, manifest.json
       vectors/<sha256[:16]>/          control vectors made with export-vector
-      cache/                          generated stories and other reusable work
+      cache/<kind>/<sha256[:16]>/     generated stories, activations and other reusable work
+      reports/                        layer reports
 
-Nothing is ever written inside the installed package. Every file is written under a temporary name
+Every path that belongs to one model is built here, from the model's GGUF sha256 (``Model.sha256``,
+computed once per model). Nothing is ever written inside the installed package. Every file is written under a temporary name
 in its final directory and renamed into place, so a crash or a full disk leaves no half-written file.
 """
 
@@ -31,12 +33,39 @@ def home() -> Path:
     return Path(cache) / "edgeemo"
 
 
-def subdir(*parts: str) -> Path:
-    """A directory inside the store, created on demand."""
-    path = home().joinpath(*parts)
-    with store_errors(path):
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+# --- paths: the only place they are built ----------------------------------------------------
+
+def model_key(sha256: str) -> str:
+    """The directory name for one model's files: the first 16 hex digits of its GGUF's sha256."""
+    return sha256[:16]
+
+
+def model_file(name: str) -> Path:
+    """Where a pulled model of that card name is kept."""
+    return home() / "models" / f"{name}.gguf"
+
+
+def export_dir(sha256: str, precision: str) -> Path:
+    """A model's ONNX export at one precision (model.onnx, tokenizer.json, manifest.json)."""
+    return home() / "exports" / model_key(sha256) / precision
+
+
+def exports_root(sha256: str) -> Path:
+    return home() / "exports" / model_key(sha256)
+
+
+def vector_dir(sha256: str) -> Path:
+    """The control vectors made for a model."""
+    return home() / "vectors" / model_key(sha256)
+
+
+def cache_dir(kind: str, sha256: str) -> Path:
+    """Reusable work for a model: ``stories``, ``activations``, ``probe``."""
+    return home() / "cache" / kind / model_key(sha256)
+
+
+def reports_dir() -> Path:
+    return home() / "reports"
 
 
 def describe_os_error(exc: OSError, path: Path | str) -> str:

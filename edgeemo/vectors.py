@@ -30,6 +30,17 @@ The same GGUF layout that llama.cpp's ``--control-vector`` loader and repeng rea
 
 Files are written under a temporary name and renamed, and are byte-identical for identical
 inputs: no timestamps, keys in sorted order, tensors in layer order.
+
+Strength
+--------
+A strength is a fraction of each steered layer's typical residual norm (the unit Anthropic and
+Jeong use). An edgeemo vector stores its tensors *at* its recommended strength:
+``direction.N = unit direction × strength × residual_norm[N]``, with ``edgeemo.strength`` and
+``edgeemo.residual_norm`` in the metadata, so stock llama.cpp at scale 1.0 steers at that strength.
+This module owns that definition: :data:`DEFAULT_STRENGTH`, :data:`MAX_STRENGTH`,
+:func:`check_strength`, :func:`at_strength` (make or re-scale a vector) and :func:`scale_for`
+(the factor that takes a file's tensors to another strength). A foreign vector (llama.cpp's
+cvector-generator, repeng) has no strength; it applies at scale 1, or at the scale asked for.
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import VectorFormatError
+from .errors import EdgeemoError, VectorFormatError
 from .store import atomic_path
 
 ARCH = "controlvector"
@@ -494,3 +505,74 @@ def mix_buffer(parts: list[tuple[ControlVector, float]], n_layer: int) -> np.nda
         first._same_model(vector, "mix")
         total += vector.buffer(n_layer, scale)
     return total
+
+
+# --- strength -------------------------------------------------------------------------------------
+
+DEFAULT_STRENGTH = 0.08   # fraction of the residual norm; `edgeemo calibrate` refines it per vector
+MAX_STRENGTH = 1.0        # beyond a residual norm's worth the text is noise, whatever the emotion
+
+
+def check_strength(strength: Any, *, positive: bool = False) -> float:
+    """``strength`` as a float, or a one-line EdgeemoError saying what a strength may be."""
+    if isinstance(strength, (bool, np.bool_)) or not isinstance(strength, numbers.Real):
+        raise EdgeemoError(f"strength must be a number such as 0.08, not {strength!r}")
+    value = float(strength)
+    if not np.isfinite(value):
+        raise EdgeemoError(f"strength must be a finite number, not {strength}")
+    if abs(value) > MAX_STRENGTH:
+        raise EdgeemoError(f"strength {value} is beyond ±{MAX_STRENGTH} (a whole residual norm); "
+                           f"useful values are about 0.02–0.2")
+    if positive and value <= 0:
+        raise EdgeemoError(f"strength {value} is not positive: give a fraction of the residual "
+                           f"norm such as {DEFAULT_STRENGTH}")
+    return value
+
+
+def recommended_strength(vec: ControlVector) -> float | None:
+    """The strength a vector's tensors are stored at; None for a foreign vector (or a bad value)."""
+    value = vec.metadata.get("strength")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    return value if np.isfinite(value) and 0 < abs(value) <= MAX_STRENGTH else None
+
+
+def scale_for(vec: ControlVector, strength: float | None) -> tuple[float, float]:
+    """``(scale, applied)``: the factor on the file's tensors that steers at ``strength``.
+
+    ``strength`` None means the vector's own: scale 1. A foreign vector has no strength, so a
+    number given for it is the scale itself (as ``--control-vector-scaled F:S`` in llama.cpp).
+    """
+    recommended = recommended_strength(vec)
+    if strength is None:
+        return 1.0, recommended if recommended is not None else 1.0
+    strength = check_strength(strength)
+    return (strength / recommended if recommended else strength), strength
+
+
+def _unit(d: np.ndarray) -> np.ndarray:
+    return d / (np.linalg.norm(d, axis=-1, keepdims=True) + 1e-12)
+
+
+def at_strength(vec: ControlVector, strength: float, **metadata) -> ControlVector:
+    """The vector with each tensor set to its unit direction × ``strength`` × that layer's
+    residual norm (``metadata["residual_norm"]``, in layer order), and its metadata updated
+    (``strength``, ``direction_scale``, plus ``metadata``). Used to make, calibrate and re-scale."""
+    strength = check_strength(strength, positive=True)
+    norms = vec.metadata.get("residual_norm")
+    if not isinstance(norms, list) or len(norms) != len(vec.layers):
+        raise EdgeemoError(f"{vec.source or 'the vector'} has no per-layer residual_norm metadata "
+                           f"for its {len(vec.layers)} layers; only edgeemo vectors can be "
+                           f"re-scaled")
+    directions, scales = {}, []
+    for layer, norm in zip(vec.layers, norms):          # residual_norm is in layer order
+        d = vec.directions[layer]
+        if not np.any(d):
+            raise EdgeemoError(f"{vec.source or 'the vector'}: direction.{layer} is zero; "
+                               f"re-export the vector")
+        scale = np.float32(strength) * np.float32(norm)  # float32, as the tensors are
+        directions[layer] = _unit(d) * scale
+        scales.append(float(scale))
+    meta = {**vec.metadata, "strength": strength, "direction_scale": scales, **metadata}
+    return ControlVector(vec.model_hint, vec.n_embd, directions, meta, source=vec.source)

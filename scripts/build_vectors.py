@@ -7,7 +7,7 @@ Comprehension is the default for the shipped vectors because on SmolLM2-135M it 
 20 emotions far better (held-out accuracy 0.77 against 0.19 for generation-based vectors, see
 the README); the 135M model's own stories are too alike to beat pre-written vignettes.
 
-Runs the same pipeline as `edgeemo export-vector --all` and writes
+Runs ``edgeemo.make.make_vectors``, the same code as `edgeemo export-vector --all`, and writes
 vectors/<model>/<emotion>.gguf at the default strength. Same inputs and seed give byte-identical
 files. The shipped files are then calibrated, each at its own strength:
 
@@ -15,7 +15,6 @@ files. The shipped files are then calibrated, each at its own strength:
 """
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,15 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
+    from edgeemo import make, models
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--method", default="comprehension", choices=["generation", "comprehension"])
-    parser.add_argument("--seed", default="0")
+    parser.add_argument("--method", default="comprehension", choices=make.extract.METHODS)
+    parser.add_argument("--baseline", default="neutral", choices=make.BASELINES)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = ROOT / "vectors" / args.model
-    command = [sys.executable, "-m", "edgeemo", "export-vector", "--all", "--model", args.model,
-               "--method", args.method, "--seed", args.seed, "-o", str(out)]
-    return subprocess.run(command).returncode
+    for path in make.make_vectors(models.ensure(args.model), None, method=args.method,
+                                  baseline=args.baseline, seed=args.seed, output=out,
+                                  say=lambda m: print(m, file=sys.stderr)):
+        print(path)
+    return 0
 
 
 if __name__ == "__main__":

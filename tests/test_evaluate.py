@@ -12,8 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from edgeemo import calibration, emotions, judges, regimes, report
-from edgeemo import evaluate as ev
+from edgeemo import emotions
+from edgeemo.evaluation import calibration, judges, regimes, report
+from edgeemo.evaluation import evaluate as ev
 from edgeemo.errors import EdgeemoError
 
 FLUENT_AFRAID = ("I heard something move in the dark hallway and my heart started pounding. I held "

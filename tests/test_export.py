@@ -78,7 +78,7 @@ def test_unsupported_architecture_names_the_supported_ones(tmp_path):
     message = str(err.value)
     assert "'rwkv6'" in message and "llama" in message and "gemma3" in message
     assert "\n" not in message
-    assert not export.export_dir(store.sha256_file(path), "fp32").parent.exists()
+    assert not store.export_dir(store.sha256_file(path), "fp32").parent.exists()
 
 
 # --- agreement with llama.cpp on the same GGUF ------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EdgeemoError
+from ..errors import EdgeemoError
 
 # Regime thresholds. Chosen on real replies of the default model (SmolLM2-135M-Instruct,
 # comprehension vectors, 48 tokens, temperature 0.7, seed 0) to 6 scenarios steered with afraid

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EdgeemoError
+from ..errors import EdgeemoError
 from .evaluate import _load_runtime, evaluate, select_scenarios
 from .report import strength_key
 
@@ -119,29 +119,10 @@ def apply_calibration(vector_path: Path | str, strength: float, info: dict | Non
     evidence from ``info`` (a :func:`calibrate` entry). All other metadata, the layers and the
     model hint stay as they were. Writes ``output`` if given, else the file itself (atomically).
     """
-    from .steer import check_strength
-    from .vectors import ControlVector
+    from ..vectors import ControlVector, at_strength
 
-    check_strength(strength)
-    if strength <= 0:
-        raise EdgeemoError(f"a calibrated strength must be positive, not {strength}")
     vec = ControlVector.from_gguf(vector_path)
-    norms = vec.metadata.get("residual_norm")
-    if not isinstance(norms, list) or len(norms) != len(vec.layers):
-        raise EdgeemoError(f"{vector_path} has no per-layer residual_norm metadata for its "
-                           f"{len(vec.layers)} layers; only edgeemo vectors can be calibrated")
-    directions, scales = {}, []
-    for layer, norm in zip(vec.layers, norms):     # residual_norm is in layer order
-        d = vec.directions[layer].astype(np.float64)
-        length = np.linalg.norm(d)
-        if length == 0:
-            raise EdgeemoError(f"{vector_path}: direction.{layer} is zero; re-export the vector")
-        scale = float(strength) * float(norm)
-        directions[layer] = (d / length * scale).astype(np.float32)
-        scales.append(scale)
-    metadata = dict(vec.metadata)
-    previous = metadata.get("strength")
-    metadata.update(strength=float(strength), direction_scale=scales, calibrated=True)
+    previous = vec.metadata.get("strength")
     info = info or {}
     extra = {
         "calibration_previous_strength": previous,
@@ -156,7 +137,5 @@ def apply_calibration(vector_path: Path | str, strength: float, info: dict | Non
         "calibration_verify_scenarios": len(info["verified"]["scenarios"])
         if info.get("verified") else None,
     }
-    metadata.update({k: (float(v) if isinstance(v, float) else v)
-                     for k, v in extra.items() if v is not None})
-    out = ControlVector(vec.model_hint, vec.n_embd, directions, metadata)
-    return out.to_gguf(output or vector_path)
+    extra = {k: (float(v) if isinstance(v, float) else v) for k, v in extra.items() if v is not None}
+    return at_strength(vec, strength, calibrated=True, **extra).to_gguf(output or vector_path)

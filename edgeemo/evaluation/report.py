@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import store
+from .. import store
+from ..errors import require
 from .regimes import REGIMES
 
 RECOMMENDED = "recommended"      # the strength key of "each vector's own recommended strength"
@@ -144,6 +145,7 @@ REGIME_COLOURS = {"surgical": "#4c9f70", "repetitive": "#e0a030", "explosive": "
 def plot_regimes(result: dict, path: Path | str) -> Path:
     """Regime map: one cell per emotion × strength, coloured by its most common regime, with the
     surgical / repetitive / explosive shares written in it."""
+    require("eval", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,6 +178,7 @@ def plot_regimes(result: dict, path: Path | str) -> Path:
 
 def plot_success(result: dict, path: Path | str) -> Path:
     """Success rate per emotion (all strengths pooled), one bar per judge."""
+    require("eval", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,0 +1,176 @@
+"""Making emotion vectors: from a model and a method to control-vector files, and the layer report.
+
+    from edgeemo import models
+    from edgeemo.make import make_vectors
+    paths = make_vectors(models.ensure(), ["afraid"], method="comprehension")   # into the store
+    paths = make_vectors(models.ensure(), None, output="my-vectors/")          # all 20
+
+This is the one place that turns activations into files: the ``export-vector`` command, the build
+script of the prebuilt vectors and the benchmarks all call :func:`make_vectors`. Steps:
+activations (``extract.py``, cached in the store) -> the layer band where emotions separate best
+(``analysis.py``) -> one direction per emotion -> a ``ControlVector`` at the strength asked for
+(``vectors.at_strength``) -> a GGUF file, written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import analysis, emotions, extract, stimuli, store
+from .errors import EdgeemoError
+from .models import Model
+from .vectors import DEFAULT_STRENGTH, check_strength
+
+BASELINES = analysis.BASELINES
+
+
+def check_output(path: Path | str, *, directory: bool) -> Path:
+    """A place a vector may be written: a new path or a regular file (a directory with
+    ``directory``). Checked before any slow work, so a bad ``-o`` fails at once."""
+    path = Path(path)
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise EdgeemoError(f"{path} exists and is not a directory: give a directory for "
+                               f"the vectors (-o DIR)")
+        return path
+    if path.exists() and (path.is_dir() or not path.is_file()):
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise EdgeemoError(f"{path} is {kind}: give a new file name or a regular file to "
+                           f"replace (-o FILE.gguf)")
+    return path
+
+
+def band_for(acts: extract.Activations, layers: tuple[int, int] | None) -> tuple[int, int]:
+    """Hidden states to steer: llama.cpp layers ``(A, B)`` if given, else the best band."""
+    if layers is None:
+        return analysis.best_band(analysis.band_scores(acts), acts.layers)
+    a, b = layers
+    n_layer = acts.info["n_layer"]
+    if not 1 <= a <= b <= n_layer - 2:
+        raise EdgeemoError(f"layers {a}-{b}: give a range within 1-{n_layer - 2} for this model")
+    return a + 1, b + 1                                   # llama.cpp N -> hidden_states N + 1
+
+
+def make_vectors(model: Model, emotion_names: Sequence[str] | None = None, *,
+                 method: str = "generation", layers: tuple[int, int] | None = None,
+                 strength: float | None = None, stimuli_file: Path | str | None = None,
+                 pooling: str = "mean", baseline: str = "neutral", denoise: int = 0,
+                 seed: int = 0, output: Path | str | None = None,
+                 progress: Callable[[str, int, int], None] | None = None,
+                 say: Callable[[str], None] | None = None) -> list[Path]:
+    """Write one control vector per emotion and return the paths.
+
+    ``emotion_names``: emotions, aliases or (generation) custom concepts; None for all 20.
+    ``method``: generation, comprehension or dialogue (see ``extract.METHODS``).
+    ``layers``: llama.cpp layers (A, B) to steer, or None for the band where emotions separate
+    best. ``strength``: the strength stored in the file (default ``vectors.DEFAULT_STRENGTH``).
+    ``stimuli_file``: your own JSONL texts for a reading method. ``baseline``: subtract the
+    neutral mean or the grand mean of the emotions. ``denoise``: top principal components of
+    neutral text to project out. ``output``: a file (one emotion) or a directory; default the
+    store, where ``chat`` finds them. ``progress(label, done, total)`` follows long loops and
+    ``say(message)`` reports steps.
+    """
+    strength = DEFAULT_STRENGTH if strength is None else check_strength(strength, positive=True)
+    if baseline not in BASELINES:
+        raise EdgeemoError(f"unknown baseline '{baseline}': choose one of {', '.join(BASELINES)}")
+    if denoise < 0:
+        raise EdgeemoError(f"--denoise {denoise}: give a number of components, 0 or more")
+    if layers is not None and not 1 <= layers[0] <= layers[1]:
+        raise EdgeemoError(f"layers {layers[0]}-{layers[1]}: layers start at 1 and the range must "
+                           f"go upwards")
+    everything = emotion_names is None
+    targets = list(emotions.EMOTIONS) if everything else list(dict.fromkeys(
+        emotions.canonical(e, allow_custom=True) for e in emotion_names))
+    if not targets:
+        raise EdgeemoError("give at least one emotion")
+    single_file = output is not None and not everything and len(targets) == 1 \
+        and not Path(output).is_dir()
+    out_dir = None if single_file else (
+        check_output(output, directory=True) if output is not None else store.vector_dir(model.sha256))
+    if single_file:
+        check_output(output, directory=False)
+
+    acts = activations_for(model, method, targets, stimuli_file=stimuli_file, pooling=pooling,
+                           seed=seed, progress=progress, say=say)
+    vecs = vectors_from(acts, targets, layers=layers, strength=strength, baseline=baseline,
+                        denoise=denoise)
+    return [vec.to_gguf(Path(output) if single_file else out_dir / f"{name}.gguf")
+            for name, vec in vecs.items()]
+
+
+def vectors_from(acts: extract.Activations, targets: Sequence[str] | None = None, *,
+                 layers: tuple[int, int] | None = None, strength: float | None = None,
+                 baseline: str = "neutral", denoise: int = 0) -> dict:
+    """Activations -> {emotion: ControlVector}: the band, the directions, the strength."""
+    targets = list(targets or acts.emotions)
+    missing = [t for t in targets if t not in acts.by_label]
+    if missing:
+        raise EdgeemoError(f"the stimuli have no texts for {', '.join(missing)}")
+    band = band_for(acts, layers)
+    dirs = analysis.directions(acts, baseline=baseline, denoise=denoise)
+    return {name: analysis.make_vector(acts, name, dirs[name], band, strength=strength,
+                                       settings={"baseline": baseline, "denoise": denoise})
+            for name in targets}
+
+
+def activations_for(model: Model, method: str, targets: Sequence[str] = (), *,
+                    stimuli_file: Path | str | None = None, pooling: str = "mean", seed: int = 0,
+                    progress=None, say=None) -> extract.Activations:
+    """The activations a set of vectors is made from: the shipped stimuli, the user's file, or
+    (generation) stories about each custom concept."""
+    if stimuli_file is None:
+        texts = None
+    elif method == "dialogue":
+        texts = stimuli.load_user_dialogue(stimuli_file)
+    else:
+        texts = stimuli.load_user_stimuli(stimuli_file)
+    custom = [t for t in targets if t not in emotions.EMOTIONS]
+    labels = None
+    if method == "generation" and texts is not None:
+        raise EdgeemoError(f"the generation method writes its own stories, so it reads no "
+                           f"--stimuli file: use --method comprehension or dialogue to read "
+                           f"{stimuli_file}")
+    if method == "generation" and custom:
+        labels = custom
+    elif custom and texts is None:
+        raise EdgeemoError(f"'{custom[0]}' is not one of the 20 emotions: the {method} method "
+                           f"needs its texts, give them with --stimuli FILE.jsonl")
+    return extract.activations(model, method, texts=texts, labels=labels, pooling=pooling,
+                               seed=seed, progress=progress, say=say)
+
+
+def layer_report(model: Model, method: str, *, pooling: str = "mean", seed: int = 0,
+                 progress=None, say=None) -> tuple[extract.Activations, dict]:
+    """Where emotions live: per-layer separation scores for ``method``, with the anisotropy of
+    neutral factual sentences beside them (``analysis.layer_report``); saved in the store."""
+    import json
+
+    from .export import export_model
+    from .reader import HiddenStateReader
+
+    acts = activations_for(model, method, pooling=pooling, seed=seed, progress=progress, say=say)
+    reader = HiddenStateReader(export_model(model, progress=say))
+    facts, _ = extract.read_pooled(reader, stimuli.neutral_facts(), acts.layers, pooling=pooling)
+    report = analysis.layer_report(acts, facts)
+    store.write_text(store.reports_dir() / f"{model.name}-{method}-layers.json",
+                     json.dumps(report, indent=2))
+    return acts, report
+
+
+def compare_methods(model: Model, *, seed: int = 0, progress=None, say=None) -> dict:
+    """Generation vs comprehension: per-emotion separation (cross-validated recall of each
+    emotion at each method's best band), a Mann-Whitney U test and Cohen's d."""
+    result: dict = {"model": model.name, "methods": {}}
+    seps = {}
+    for method in ("generation", "comprehension"):
+        acts, report = layer_report(model, method, seed=seed, progress=progress, say=say)
+        band = tuple(report["best_band"])
+        seps[method] = analysis.per_emotion_separation(acts, band)
+        result["methods"][method] = {"best_band": band, "best_band_depth": report["best_band_depth"],
+                                     "peak_accuracy": float(np.max(report["accuracy"])),
+                                     "separation": seps[method]}
+    result["test"] = analysis.compare(seps["generation"], seps["comprehension"])
+    return result
