@@ -276,14 +276,28 @@ emotion_option = click.option("--emotion", "-e", "emotion_spec",
 strength_option = click.option("--strength", "-s", type=float,
                                help="Strength for emotions given without one, as a fraction of "
                                     "the residual norm (default: each vector's recommended).")
-seed_option_gen = click.option("--seed", type=int, default=0, show_default=True,
-                               help="Sampling seed (same seed, same text).")
+seed_option_gen = click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0,
+                               show_default=True, help="Sampling seed (same seed, same text).")
+temperature_option = click.option("--temperature", type=click.FloatRange(0, 5), default=0.7,
+                                  show_default=True, callback=lambda ctx, p, v: finite(v, p),
+                                  help="0 = greedy.")
+steer_prompt_option = click.option("--steer-prompt", is_flag=True,
+                                   help="Steer the prompt's tokens too, as stock llama.cpp does "
+                                        "(default: only the reply, which keeps it on the request).")
+
+
+def finite(value, param):
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", param=param)
+    return value
 
 
 def mix_from(spec: str | None, strength: float | None) -> dict[str, float | None]:
     from . import emotions
 
-    if not spec:
+    if spec is None:
         if strength is not None:
             raise click.UsageError("--strength needs --emotion")
         return {}
@@ -296,13 +310,15 @@ def mix_from(spec: str | None, strength: float | None) -> dict[str, float | None
 @model_argument
 @emotion_option
 @strength_option
-@click.option("--max-tokens", type=click.IntRange(1, 4096), default=120, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1, 2048), default=120, show_default=True,
+              help="At most this many tokens (the context holds 2048 with the prompt).")
 @seed_option_gen
-@click.option("--temperature", type=click.FloatRange(0, 5), default=0.7, show_default=True,
-              help="0 = greedy.")
+@temperature_option
 @click.option("--compare", is_flag=True, help="Print the unsteered and steered replies side by side.")
+@steer_prompt_option
 @click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
-def generate(prompt, model, emotion_spec, strength, max_tokens, seed, temperature, compare, json_):
+def generate(prompt, model, emotion_spec, strength, max_tokens, seed, temperature, compare,
+             steer_prompt, json_):
     """One steered reply to a prompt.
 
     \b
@@ -316,6 +332,7 @@ def generate(prompt, model, emotion_spec, strength, max_tokens, seed, temperatur
         raise click.UsageError("the prompt is empty")
     mix = mix_from(emotion_spec, strength)
     runtime = load_runtime(model, seed)
+    runtime.steer_prompt = steer_prompt
     options = {"max_tokens": max_tokens, "seed": seed, "temperature": temperature}
     runs = [{}, mix] if compare else [mix]
     results = []
@@ -336,7 +353,8 @@ def generate(prompt, model, emotion_spec, strength, max_tokens, seed, temperatur
     if json_:
         prompt_tokens = len(runtime.prompt_ids([{"role": "user", "content": prompt}]))
         doc = {"model": runtime.model.name, "prompt": prompt, "prompt_tokens": prompt_tokens,
-               "settings": {**options, "layers": runtime.layers}, **results[-1]}
+               "settings": {**options, "layers": runtime.layers, "steer_prompt": steer_prompt},
+               **results[-1]}
         if compare:
             doc["unsteered"] = results[0]
         print_json(doc)
@@ -365,11 +383,14 @@ def print_side_by_side(columns: list[tuple[str, str]]) -> None:
 @strength_option
 @click.option("--system", help="A system prompt.")
 @seed_option_gen
-@click.option("--max-tokens", type=click.IntRange(1, 4096), default=200, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0, 5), default=0.7, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1, 2048), default=200, show_default=True,
+              help="At most this many tokens per reply (the context holds 2048).")
+@temperature_option
 @click.option("--monitor", is_flag=True, help="After each reply, show the emotion probe's readout "
                                               "of it (needs the ONNX export).")
-def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, monitor):
+@steer_prompt_option
+def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, monitor,
+         steer_prompt):
     """Chat with a steered model; switch emotions mid-conversation.
 
     \b
@@ -378,9 +399,10 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
       edgeemo chat --emotion joy:0.06,calm:0.03 --system "You are a tour guide."
       printf 'hi\\n/emotion anger\\nhi again\\n' | edgeemo chat     # scripted
     """
-    from .chat import HELP, ChatSession
+    from .chat import ChatSession
 
     runtime = load_runtime(model, seed)
+    runtime.steer_prompt = steer_prompt
     probe = None
     if monitor:
         from .probe import Probe
@@ -392,6 +414,16 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
     if mix:
         runtime.steer(mix)
         click.echo(f"[steering: {describe_mix(runtime.mix)}]", err=True)
+    try:
+        repl(session, runtime)
+    finally:
+        runtime.close()
+
+
+def repl(session, runtime) -> None:
+    """Read lines until exit, quit, Ctrl-D or Ctrl-C; a bad command never ends the chat."""
+    from .chat import HELP
+
     interactive = sys.stdin.isatty()
     click.echo(f"Chatting with {runtime.model.name} ({describe_mix(runtime.mix)}). {HELP}",
                err=True)
@@ -400,11 +432,14 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
             if interactive:
                 line = click.prompt("", prompt_suffix="> ", default="", show_default=False)
             else:
-                line = sys.stdin.readline()
-                if not line:
+                line = read_line()
+                if line is None:
                     break
         except (EOFError, click.Abort, KeyboardInterrupt):
             break
+        except UnicodeDecodeError:
+            click.echo("Error: that line is not valid UTF-8; type it again", err=True)
+            continue
         line = line.strip()
         if line in ("exit", "quit"):
             break
@@ -417,6 +452,15 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
                 show_reply(session, line)
         except EdgeemoError as exc:
             click.echo(f"Error: {exc}", err=True)
+
+
+def read_line() -> str | None:
+    """One line of piped input (None at the end); bytes that are not UTF-8 become U+FFFD."""
+    stream = getattr(sys.stdin, "buffer", None)
+    raw = stream.readline() if stream is not None else sys.stdin.readline()
+    if not raw:
+        return None
+    return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
 
 
 def show_reply(session, line: str) -> None:

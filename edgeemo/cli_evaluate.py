@@ -178,15 +178,15 @@ def print_summary(result: dict) -> None:
             for j, v in chat["identification"].items()))
 
 
-def _verify_scenarios(spec: str, used: list[str]) -> list[dict]:
+def _verify_scenarios(spec: str, used: list[str], pool: str = "scenarios") -> list[dict]:
     from .evaluation.calibration import other_scenarios
 
     spec = spec.strip().lower()
     if spec == "all":
-        return other_scenarios(used, None)
+        return other_scenarios(used, None, pool=pool)
     if not spec.isdigit():
         raise EdgeemoError(f"bad --verify '{spec}': give a number of scenarios, all, or 0")
-    return other_scenarios(used, int(spec)) if int(spec) else []
+    return other_scenarios(used, int(spec), pool=pool) if int(spec) else []
 
 
 def _pct(x) -> str:
@@ -205,22 +205,28 @@ def _pct(x) -> str:
 @click.option("--verify", "verify_spec", default="8", show_default=True,
               help="Other scenarios the chosen strength must stay surgical on (a number, all, "
                    "or 0 for none); it steps down the window until it does.")
-@click.option("--judge", type=click.Choice(["both", "lexicon", "probe"]), default="both",
-              show_default=True, help="Whose success rate picks the strength (both = their mean).")
+@click.option("--judge", type=click.Choice(["readers", "both", "lexicon", "probe"]),
+              default="readers", show_default=True,
+              help="readers: success = moved for the held-out readers, on task and coherent, on "
+                   "everyday requests; both/lexicon/probe: the older rule on scenarios.")
+@click.option("--vectors", "vector_dir", type=click.Path(exists=True, file_okay=False),
+              help="Calibrate the <emotion>.gguf files in this directory (rewritten in place).")
 @click.option("--prebuilt", is_flag=True, help="Rewrite the prebuilt vectors shipped in the "
                                                "repository's vectors/<model>/ instead of the store's.")
 @click.option("--dry-run", is_flag=True, help="Report the chosen strengths; write no file.")
 @click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
 @threads_option
 def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, max_tokens,
-                      verify_spec, judge, prebuilt, dry_run, json_, threads):
+                      verify_spec, judge, vector_dir, prebuilt, dry_run, json_, threads):
     """Pick each emotion's strength and write it into its vector file.
 
     \b
-    Per emotion, the candidate strengths whose replies are at least 80% surgical form the window;
-    the one with the best success rate wins (the smaller on a tie), then must stay 80% surgical
-    on --verify other scenarios (else the next smaller one is tried). The vector's tensors are
-    then rescaled so stock llama.cpp at scale 1.0 steers at that strength.
+    Per emotion, the candidate strengths whose replies to everyday requests are at least 90% on
+    task and 95% coherent form the window; the one with the best success (moved for the held-out
+    readers, on task, coherent) wins (the smaller on a tie), then must stay in the window on
+    --verify other requests (else the next smaller one is tried). The vector's tensors are then
+    rescaled so stock llama.cpp at scale 1.0 steers at that strength. (--judge both|lexicon|probe:
+    the older rule, 80% surgical on scenarios.)
 
     \b
     Examples:
@@ -235,12 +241,20 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
 
     names = _emotions(emotion_spec)
     strengths = _strengths(strength_spec)
-    scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec)
-    verify = _verify_scenarios(verify_spec, [s["id"] for s in scenarios])
+    pool = "requests" if judge == "readers" else "scenarios"
+    scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec,
+                                    pool=pool)
+    verify = _verify_scenarios(verify_spec, [s["id"] for s in scenarios], pool)
     runtime = load_runtime(model, seed, threads)
     sources = {}
     for name in names:
-        if prebuilt:
+        if vector_dir:
+            from pathlib import Path
+
+            path = Path(vector_dir) / f"{name}.gguf"
+            if not path.is_file():
+                raise EdgeemoError(f"no {name}.gguf in {vector_dir}")
+        elif prebuilt:
             if runtime.model.card is None:
                 raise EdgeemoError(f"{runtime.model.name} is a local file: it has no prebuilt "
                                    f"vectors; calibrate the store's without --prebuilt")
@@ -265,7 +279,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
         if info["strength"] is None or dry_run:
             info["written"] = None
             continue
-        target = sources[name] if prebuilt else store_dir / f"{name}.gguf"
+        target = sources[name] if (prebuilt or vector_dir) else store_dir / f"{name}.gguf"
         info["written"] = str(calibration.apply_calibration(sources[name], info["strength"], info,
                                                    output=target))
     if json_:
@@ -275,12 +289,18 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
     for name, info in chosen.items():
         window = ",".join(f"{s:g}" for s in info["window"]) or "none"
         if info["strength"] is None:
-            click.echo(f"{name:14} {'-':>8} {'-':>8} {'-':>8}  {window}  (no strength keeps 80% "
-                       f"of replies surgical; vector left as it was)")
+            click.echo(f"{name:14} {'-':>8} {'-':>8} {'-':>8}  {window}  (no strength keeps "
+                       f"the replies in the window; vector left as it was)")
             continue
-        checked = (info.get("verified") or {}).get("surgical_share", {})
-        verified = ("  verified " + ", ".join(f"{k} {_pct(v)} surgical" for k, v in checked.items())
-                    if checked else "")
+        verified = (info.get("verified") or {})
+        if "shares" in verified:
+            verified = "  verified " + ", ".join(
+                f"{k} {_pct(v['on_task'])} on task, {_pct(v['coherent'])} coherent"
+                for k, v in verified["shares"].items())
+        else:
+            checked = verified.get("surgical_share", {})
+            verified = ("  verified " + ", ".join(f"{k} {_pct(v)} surgical"
+                                                  for k, v in checked.items()) if checked else "")
         click.echo(f"{name:14} {info['strength']:>8g} {_pct(info['success_rate']):>8} "
                    f"{_pct(info['surgical_share']):>8}  {window}{verified}")
     written = [i["written"] for i in chosen.values() if i.get("written")]

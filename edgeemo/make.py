@@ -121,6 +121,10 @@ def activations_for(model: Model, method: str, targets: Sequence[str] = (), *,
                     progress=None, say=None) -> extract.Activations:
     """The activations a set of vectors is made from: the shipped stimuli, the user's file, or
     (generation) stories about each custom concept."""
+    if method == "generation" and stimuli_file is not None:
+        raise EdgeemoError(f"the generation method writes its own stories, so it reads no "
+                           f"--stimuli file: use --method comprehension or dialogue to read "
+                           f"{stimuli_file}")
     if stimuli_file is None:
         texts = None
     elif method == "dialogue":
@@ -129,10 +133,6 @@ def activations_for(model: Model, method: str, targets: Sequence[str] = (), *,
         texts = stimuli.load_user_stimuli(stimuli_file)
     custom = [t for t in targets if t not in emotions.EMOTIONS]
     labels = None
-    if method == "generation" and texts is not None:
-        raise EdgeemoError(f"the generation method writes its own stories, so it reads no "
-                           f"--stimuli file: use --method comprehension or dialogue to read "
-                           f"{stimuli_file}")
     if method == "generation" and custom:
         labels = custom
     elif custom and texts is None:

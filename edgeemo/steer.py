@@ -19,13 +19,14 @@ story (on SmolLM2-135M, 68% of steered replies stayed on the request against 90%
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from . import _cvec, emotions, models, store
 from .errors import EdgeemoError, VectorFormatError
-from .vectors import ControlVector, mix_buffer, scale_for
+from .vectors import MAX_STRENGTH, ControlVector, mix_buffer, scale_for
 
 
 class EmotionModel:
@@ -49,6 +50,12 @@ class EmotionModel:
         self._eog = getattr(llama_cpp, "llama_vocab_is_eog", None) or llama_cpp.llama_token_is_eog
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
 
+    def close(self) -> None:
+        """Free llama.cpp's model and context now (also safe to call twice)."""
+        close = getattr(self.llm, "close", None)
+        if close is not None:
+            close()
+
     # --- prompts ---------------------------------------------------------------------------
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
@@ -70,6 +77,15 @@ class EmotionModel:
         """
         if not prompt_ids:
             raise EdgeemoError("the prompt is empty: give some text to respond to")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise EdgeemoError(f"max_tokens must be a whole number of at least 1, not {max_tokens!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not math.isfinite(temperature) or not 0 <= temperature <= 5:
+            raise EdgeemoError(f"temperature must be a number from 0 (greedy) to 5, not "
+                               f"{temperature!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed < 2**32):
+            raise EdgeemoError(f"seed must be a whole number from 0 to {2**32 - 1}, not {seed!r}")
         n_ctx = self.llm.n_ctx()
         if len(prompt_ids) + max_tokens > n_ctx:
             raise EdgeemoError(f"context overflow: the prompt is {len(prompt_ids)} tokens and "
@@ -137,11 +153,20 @@ class EmotionModel:
 
     # --- steering --------------------------------------------------------------------------
 
+    def _key(self, name_or_path: str) -> str:
+        """The name a mix reports a part under: the canonical emotion, or the file path."""
+        if looks_like_file(name_or_path):
+            return name_or_path
+        return emotions.canonical(name_or_path, allow_custom=True)
+
     def vector(self, name_or_path: str) -> ControlVector:
         """A control vector for this model, by emotion name (store or prebuilt) or file path."""
+        if not isinstance(name_or_path, str) or not name_or_path.strip():
+            raise EdgeemoError(f"an emotion is a name such as 'afraid' or a path to a .gguf "
+                               f"vector, not {name_or_path!r}")
         if name_or_path in self.vectors:
             return self.vectors[name_or_path]
-        if name_or_path.endswith(".gguf") or Path(name_or_path).is_file():
+        if looks_like_file(name_or_path):
             path = Path(name_or_path)
             key = str(path)
         else:
@@ -167,11 +192,22 @@ class EmotionModel:
             return self.clear()
         if isinstance(mix, str):
             mix = emotions.parse_mix(mix)
+        if not isinstance(mix, dict):
+            raise EdgeemoError(f"steer() takes a dict such as {{'afraid': 0.08}} or a string "
+                               f"such as 'afraid:0.08', not {type(mix).__name__}")
         parts, applied = [], {}
         for name, strength in mix.items():
             vec = self.vector(name)
-            scale, applied[name] = scale_for(vec, strength)
+            key = self._key(name)
+            if key in applied:
+                raise EdgeemoError(f"'{name}' is {key!r} again: give each emotion once in a mix")
+            scale, applied[key] = scale_for(vec, strength)
             parts.append((restrict(vec, layers), scale))
+        total = sum(abs(s) for s in applied.values())
+        if len(applied) > 1 and total > MAX_STRENGTH:
+            raise EdgeemoError(f"the mix adds up to {total:g} (the sum of its strengths), beyond "
+                               f"{MAX_STRENGTH:g}, a whole residual norm, where text is noise; "
+                               f"lower the strengths (useful mixes add up to about 0.05-0.2)")
         self._buffer = mix_buffer(parts, self.n_layer)
         _cvec.apply(self.llm, self._buffer)
         self.mix, self.layers, self._cache = applied, layers, None
@@ -181,6 +217,12 @@ class EmotionModel:
         _cvec.apply(self.llm, None)
         self.mix, self.layers, self._buffer, self._cache = {}, None, None, None
         return {}
+
+
+def looks_like_file(name: str) -> bool:
+    """A bare word is an emotion; only something that looks like a path is a file (a file named
+    ``calm`` in the working directory does not replace the emotion calm)."""
+    return name.lower().endswith(".gguf") or "/" in name or os.sep in name
 
 
 def token_text(llm, token: int) -> str:
@@ -194,19 +236,49 @@ def prompt_ids(llm, messages: list[dict]) -> list[int]:
     Instruct models use their own chat template; base models (no template) get a plain
     continuation: the text of a single message, or a User/Assistant transcript.
     """
+    check_messages(messages)
     template = llm.metadata.get("tokenizer.chat_template")
     if template:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         formatter = Jinja2ChatFormatter(template, eos_token=token_text(llm, llm.token_eos()),
                                         bos_token=token_text(llm, llm.token_bos()))
-        text = formatter(messages=messages).prompt
-        return llm.tokenize(text.encode(), add_bos=False, special=True)
+        # What people wrote is tokenized as text, never as the template's special tokens: each
+        # content goes through the template as a placeholder and is tokenized on its own.
+        marks = [f"\x00{i}\x00" for i in range(len(messages))]
+        text = formatter(messages=[{**m, "content": mark} for m, mark in zip(messages, marks)]).prompt
+        ids: list[int] = []
+        for i, mark in enumerate(marks):
+            head, found, text = text.partition(mark)
+            ids += llm.tokenize(_utf8(head), add_bos=False, special=True) if head else []
+            if found:
+                ids += llm.tokenize(_utf8(messages[i]["content"]), add_bos=False, special=False)
+        return ids + (llm.tokenize(_utf8(text), add_bos=False, special=True) if text else [])
     if len(messages) == 1:
         text = messages[0]["content"]
     else:
         text = transcript(messages)
-    return llm.tokenize(text.encode(), add_bos=True, special=False)
+    return llm.tokenize(_utf8(text), add_bos=True, special=False)
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 bytes of ``text``; characters that cannot be encoded (stray surrogates from invalid
+    bytes on the command line) become U+FFFD instead of an error."""
+    return text.encode("utf-8", errors="replace")
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages) -> None:
+    """A conversation is a non-empty list of {"role": system|user|assistant, "content": str}."""
+    if not isinstance(messages, list) or not messages:
+        raise EdgeemoError("messages must be a non-empty list of {'role': ..., 'content': ...}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES \
+                or not isinstance(m.get("content"), str):
+            raise EdgeemoError(f"message {i} must be {{'role': one of {', '.join(ROLES)}, "
+                               f"'content': a string}}, not {m!r:.80}")
 
 
 def transcript(messages: list[dict]) -> str:

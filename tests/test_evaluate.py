@@ -406,7 +406,7 @@ def test_calibrate_one_emotion_writes_the_chosen_strength(runtime, tmp_path):
 
     scenarios = ev.select_scenarios(2)
     verify = calibration.other_scenarios([s["id"] for s in scenarios], 2)
-    chosen = calibration.calibrate(runtime, [EMOTION], strengths=(0.03, 0.06),
+    chosen = calibration.calibrate(runtime, [EMOTION], strengths=(0.03, 0.06), judge="both",
                                    scenarios=scenarios, max_tokens=32, verify=verify)
     info = chosen[EMOTION]
     assert info["window"], info["per_strength"]      # 0.03 keeps the default model fluent
@@ -481,3 +481,70 @@ def test_evaluate_command_at_recommended_strength(vectors, tmp_path):
     assert data["settings"]["strengths"] == [None]
     assert len(data["samples"]) == 1 and data["samples"][0]["setting"] == "recommended"
     assert (tmp_path / "r" / "report.md").is_file()
+
+
+# --- independent judges: held-out readers and the on-task check ---------------------------------
+
+def test_chance_margin_is_the_90th_percentile():
+    assert judges.chance_margin(list(np.arange(1, 11) / 10)) == pytest.approx(0.91)
+    assert judges.chance_margin([]) == 0.0
+
+
+def test_identification_and_chat_success_of_a_constructed_result():
+    def sample(emotion, scenario, own, other, on_task=True, regime="surgical"):
+        scores = {e: (own if e == emotion else other) for e in ("afraid", "happy")}
+        return {"emotion": emotion, "scenario": scenario, "setting": "0.05", "strength": 0.05,
+                "regime": regime, "on_task": {"on_task": on_task},
+                "judges": {"reader-smollm2": {"success": own > 0.5, "scores": scores}}}
+
+    result = {"settings": {"emotions": ["afraid", "happy"], "strengths": [0.05],
+                           "judges": ["reader-smollm2"]},
+              "samples": [sample("afraid", "r01", 0.9, 0.1), sample("happy", "r01", 0.2, 0.8),
+                          sample("afraid", "r02", 0.9, 0.1, on_task=False),
+                          sample("happy", "r02", 0.9, 0.1, regime="repetitive")],
+              "chance": [{"on_task": {"on_task": True}}, {"on_task": {"on_task": False}}]}
+    chat = ev.chat_summary(result)
+    # r01: afraid's reply scores 0.9 for afraid, happy's 0.8: hit; happy's reply 0.2 for happy,
+    # afraid's reply 0.1: hit. r02: both hits.
+    assert chat["identification"]["reader-smollm2"] == {"top1": 1.0, "chance": 0.5, "n": 4}
+    assert chat["moved"]["reader-smollm2"] == 0.75
+    assert chat["success"]["reader-smollm2"] == 0.25          # only r01 afraid is all three
+    assert chat["on_task"] == 0.75 and chat["on_task_unsteered"] == 0.5
+    assert chat["cells"]["happy"]["0.05"]["coherent"] == 0.5
+
+
+@pytest.mark.slow
+def test_embedder_matches_transformers_and_tells_on_from_off_task():
+    import torch
+    import transformers
+
+    from edgeemo.evaluation import ontask
+
+    directory = ontask.fetch()
+    texts = ["Boil the water, steep the tea for three minutes, then add milk if you like."]
+    mine = ontask.Embedder(directory).embed(texts)[0]
+    bert = transformers.BertModel.from_pretrained(str(directory), config=transformers.BertConfig(
+        hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"))
+    tok._tokenizer.no_padding()
+    with torch.no_grad():
+        ref = bert(**tok(texts[0], return_tensors="pt")).last_hidden_state[0].mean(0).numpy()
+    assert float(mine @ ref / np.linalg.norm(ref)) > 0.9999
+    checked = ontask.on_task_scores(
+        ["Can you explain how to make a cup of tea?"] * 2,
+        [texts[0], "A noose wrapped tight around my throat as the darkness fell on the moor."],
+        ["Sure! Boil water, pour it over a tea bag, wait a few minutes and enjoy."] * 2)
+    assert [c["on_task"] for c in checked] == [True, False]
+
+
+@pytest.mark.slow
+def test_held_out_reader_ranks_unseen_emotional_texts(default_export):
+    judge = judges.JUDGES["reader-smollm2"]()
+    texts = {"afraid": "The footsteps stopped right outside my door and the handle began to turn.",
+             "happy": "We laughed all the way home, the sun was out and everything felt easy.",
+             "angry": "He slammed the door and shouted that he was sick of being lied to."}
+    scores = judge.read(list(texts.values()) + ["   "])
+    assert scores[-1] is None
+    for (emotion, _), s in zip(texts.items(), scores):
+        others = [s[e] for e in texts if e != emotion]
+        assert s[emotion] > max(others), (emotion, s)

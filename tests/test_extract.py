@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edgeemo import analysis, emotions, extract, models, stimuli
+from edgeemo.errors import EdgeemoError
 from edgeemo.extract import Activations
 
 
@@ -133,3 +134,41 @@ def test_layer_curve_for_both_architecture_families(name, request):
     assert 0.2 <= report["best_band_depth"][0] and report["best_band_depth"][1] <= 0.95
     # emotions separate better in the middle than right after the embeddings
     assert max(report["accuracy"]) > report["accuracy"][0] + 0.1
+
+
+@pytest.mark.slow
+def test_dialogue_reads_only_the_replies_and_pairs_them(default_export):
+    """Dialogue activations: replies read inside the chat template, pooled over the reply's
+    tokens; the direction is the mean paired difference (emotional - neutral, same request)."""
+    from edgeemo.reader import HiddenStateReader
+
+    reader = HiddenStateReader(default_export)
+    rows = [r for r in stimuli.dialogue(["afraid", "happy"])
+            if r["request"] in {q["request"] for q in stimuli.dialogue()[:42:21]}]
+    acts = extract.dialogue(reader, rows, layers=[10, 16])
+    assert acts.method == "dialogue" and acts.info["paired"] is True
+    assert set(acts.by_label) == {"afraid", "happy", "neutral"}
+    assert all(v.shape == (2, 2, 576) for v in acts.by_label.values())
+    # the same reply read alone after its user turn, pooled from the reply's first token
+    first = next(r for r in rows if r["emotion"] == "afraid")
+    turn = reader.turn_ids(first["request"])
+    states = next(reader.read([turn + reader.encode(first["text"])], [10, 16]))
+    pooled, _ = extract.pool(states, len(turn))
+    np.testing.assert_allclose(acts.by_label["afraid"][0], pooled, rtol=1e-4, atol=1e-4)
+    paired = (acts.by_label["afraid"] - acts.by_label["neutral"]).mean(0)
+    np.testing.assert_allclose(analysis.directions(acts)["afraid"], paired, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_dialogue_vectors_come_from_the_library(default_export, tmp_path):
+    from edgeemo.make import make_vectors
+    from edgeemo.vectors import ControlVector
+
+    paths = make_vectors(models.resolve("smollm2-135m-instruct"), ["fear", "joy"],
+                         method="dialogue", baseline="grand", output=tmp_path)
+    assert [p.name for p in paths] == ["afraid.gguf", "happy.gguf"]
+    vec = ControlVector.from_gguf(paths[0])
+    assert vec.metadata["method"] == "dialogue" and vec.metadata["baseline"] == "grand"
+    with pytest.raises(EdgeemoError, match="writes its own stories"):
+        make_vectors(models.resolve("smollm2-135m-instruct"), ["fear"], method="generation",
+                     stimuli_file=paths[0], output=tmp_path)

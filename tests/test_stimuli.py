@@ -328,3 +328,40 @@ def test_stimuli_hash_is_stable_and_sensitive():
     assert len(stimuli.stimuli_hash(a)) == 64
     assert stimuli.stimuli_hash(a) != stimuli.stimuli_hash({"afraid": ["y", "x"], NEUTRAL: ["z"]})
     assert stimuli.stimuli_hash(a, "v1") != stimuli.stimuli_hash(a, "v2")
+
+
+# --- dialogue data --------------------------------------------------------------------------------
+
+def test_shipped_dialogue_pairs_every_request_with_all_21_tones():
+    rows = stimuli.dialogue()
+    by_request: dict[str, set] = {}
+    for r in rows:
+        by_request.setdefault(r["request"], set()).add(r["emotion"])
+    assert len(by_request) >= 24
+    assert all(tones == set(EMOTIONS) | {NEUTRAL} for tones in by_request.values())
+    # the evaluation requests are not among them
+    assert not {r["prompt"] for r in stimuli.requests()} & set(by_request)
+    assert len(stimuli.dialogue(["fear"])) == 2 * len(by_request)       # afraid + neutral
+
+
+def _dialogue_file(tmp_path, lines):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(l) for l in lines) + "\n")
+    return path
+
+
+def test_user_dialogue_is_checked_line_by_line(tmp_path):
+    good = [{"request": q, "emotion": e, "text": f"{e} reply to {q}"}
+            for q in ("a?", "b?") for e in ("neutral", "wistful")]
+    assert len(stimuli.load_user_dialogue(_dialogue_file(tmp_path, good))) == 4
+    cases = [
+        (good[:1] + [{"request": "a?", "emotion": "wistful"}], "d.jsonl:2", '"text"'),
+        (good[1:], "has no neutral reply", "a?"),
+        (good + [good[0]], "d.jsonl:5", "second"),
+        (good[:2], "only 1 reply", "give at least"),
+        ([{"emotion": "neutral", "text": "x"}], "d.jsonl:1", 'missing "request"'),
+    ]
+    for lines, where, what in cases:
+        with pytest.raises(StimuliError) as err:
+            stimuli.load_user_dialogue(_dialogue_file(tmp_path, lines))
+        assert where in str(err.value) and what in str(err.value), str(err.value)

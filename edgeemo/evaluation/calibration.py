@@ -24,14 +24,25 @@ CALIBRATION_STRENGTHS = (0.03, 0.05, 0.08, 0.12, 0.16)
 CALIBRATION_SCENARIOS = 8          # two per kind
 SURGICAL_WINDOW = 0.8              # a strength is usable when at least this share is surgical
 VERIFY_SCENARIOS = 8               # other scenarios the chosen strength must also stay surgical on
+# judge="readers": a strength is usable when at least these shares of its replies still answer
+# the request and stay coherent (surgical); the best success among those wins
+ON_TASK_MIN = 0.90
+COHERENT_MIN = 0.95
+JUDGE_CHOICES = ("readers", "both", "lexicon", "probe")
 
 
 def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIBRATION_STRENGTHS,
               scenarios: Sequence[dict] | None = None, *, seed: int = 0, max_tokens: int = 48,
-              judge: str = "both", use_probe: bool = True, threads: int | None = None,
+              judge: str = "readers", use_probe: bool = True, threads: int | None = None,
               verify: Sequence[dict] | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
     """Per emotion, the strength to recommend, with the evidence.
+
+    ``judge="readers"`` (the default) judges replies to everyday requests (``scenarios`` default
+    to 8 of ``stimuli.requests()``) with the held-out readers and the on-task check: the window is
+    the strengths whose replies are at least :data:`ON_TASK_MIN` on task and :data:`COHERENT_MIN`
+    coherent, and the success is the readers' mean of "moved, on task and coherent". The other
+    judges keep the older rule below.
 
     The window is the strengths whose replies are at least :data:`SURGICAL_WINDOW` surgical;
     within it the strength with the best success rate wins, the smaller one on a tie. The
@@ -44,14 +55,19 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
     default model three emotions chosen at 0.12 with 7-8 of 8 surgical replies were only 68-75%
     surgical over all 44 scenarios.
     """
-    if judge not in ("lexicon", "probe", "both"):
-        raise EdgeemoError(f"unknown judge '{judge}': use lexicon, probe or both")
+    if judge not in JUDGE_CHOICES:
+        raise EdgeemoError(f"unknown judge '{judge}': use {', '.join(JUDGE_CHOICES)}")
     if judge == "probe" and not use_probe:
         raise EdgeemoError("the probe judge needs use_probe=True")
-    scenarios = list(scenarios) if scenarios is not None else select_scenarios(
-        CALIBRATION_SCENARIOS)
     strengths = sorted(float(s) for s in strengths)
     model = _load_runtime(model, seed, threads)            # one model for every evaluation below
+    if judge == "readers":
+        scenarios = list(scenarios) if scenarios is not None else select_scenarios(
+            CALIBRATION_SCENARIOS, pool="requests")
+        return _calibrate_readers(model, emotions, strengths, scenarios, seed=seed,
+                                  max_tokens=max_tokens, verify=verify, progress=progress)
+    scenarios = list(scenarios) if scenarios is not None else select_scenarios(
+        CALIBRATION_SCENARIOS)
     result = evaluate(model, emotions, strengths, scenarios, seed=seed, max_tokens=max_tokens,
                       use_probe=use_probe, chance=False, threads=threads, progress=progress)
     sm = result["summary"]
@@ -83,9 +99,71 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
     return out
 
 
-def other_scenarios(used: Sequence[str], n: int | None = VERIFY_SCENARIOS) -> list[dict]:
-    """``n`` scenarios (all when None) not among the ``used`` ids, round-robin over the kinds."""
-    return select_scenarios(n, exclude=used)
+def _calibrate_readers(model, emotions, strengths, scenarios, *, seed, max_tokens, verify,
+                       progress) -> dict[str, dict]:
+    from .judges import READERS
+
+    result = evaluate(model, emotions, strengths, scenarios, seed=seed, max_tokens=max_tokens,
+                      judges=READERS, on_task=True, chance=True, progress=progress)
+    cells = result["summary"]["chat"]["cells"]
+    out = {}
+    for name in result["settings"]["emotions"]:
+        rows = {}
+        for s in strengths:
+            cell = cells[name][strength_key(s)]
+            rows[strength_key(s)] = {
+                "strength": s, "success_rate": round(float(np.mean(list(cell["success"].values()))), 4),
+                **{f"success_{j}": r for j, r in cell["success"].items()},
+                "on_task_share": cell["on_task"], "coherent_share": cell["coherent"],
+                "surgical_share": cell["coherent"]}
+        window = [r for r in rows.values() if _usable(r)]
+        best = min(window, key=lambda r: (-r["success_rate"], r["strength"]), default=None)
+        out[name] = {
+            "strength": None if best is None else best["strength"],
+            "success_rate": None if best is None else best["success_rate"],
+            "surgical_share": None if best is None else best["surgical_share"],
+            "on_task_share": None if best is None else best["on_task_share"],
+            "window": [r["strength"] for r in window], "judge": "readers", "per_strength": rows,
+            "seed": seed, "max_tokens": max_tokens, "scenarios": [s["id"] for s in scenarios],
+            "model": result["settings"]["model"],
+            "margins": {j: result["settings"]["margins"][j] for j in READERS},
+        }
+        if verify and best is not None:
+            _verify_readers(model, name, out[name], rows, verify, seed=seed,
+                            max_tokens=max_tokens, progress=progress)
+    return out
+
+
+def _usable(row: dict) -> bool:
+    return (row["on_task_share"] is not None and row["on_task_share"] >= ON_TASK_MIN
+            and row["coherent_share"] >= COHERENT_MIN)
+
+
+def _verify_readers(model, name, info, rows, scenarios, *, seed, max_tokens, progress) -> None:
+    """Step the chosen strength down the window until it stays on task and coherent on
+    ``scenarios`` (other requests) too."""
+    checked, baseline = {}, None
+    for strength in sorted((s for s in info["window"] if s <= info["strength"]), reverse=True):
+        result = evaluate(model, [name], [strength], scenarios, seed=seed, max_tokens=max_tokens,
+                          judges=[], on_task=True, chance=False, baseline=baseline,
+                          progress=progress)
+        baseline = result["baseline"]
+        chat = result["summary"]["chat"]
+        checked[strength_key(strength)] = {"on_task": chat["on_task"], "coherent": chat["coherent"]}
+        if _usable({"on_task_share": chat["on_task"], "coherent_share": chat["coherent"]}):
+            row = rows[strength_key(strength)]
+            info.update(strength=strength, success_rate=row["success_rate"],
+                        surgical_share=row["surgical_share"], on_task_share=row["on_task_share"])
+            break
+    else:
+        info.update(strength=None, success_rate=None, surgical_share=None, on_task_share=None)
+    info["verified"] = {"scenarios": [s["id"] for s in scenarios], "shares": checked}
+
+
+def other_scenarios(used: Sequence[str], n: int | None = VERIFY_SCENARIOS, *,
+                    pool: str = "scenarios") -> list[dict]:
+    """``n`` prompts (all when None) not among the ``used`` ids, round-robin over the kinds."""
+    return select_scenarios(n, exclude=used, pool=pool)
 
 
 def _verify(model, name: str, info: dict, rows: dict, scenarios: Sequence[dict], *, seed: int,
@@ -128,6 +206,7 @@ def apply_calibration(vector_path: Path | str, strength: float, info: dict | Non
         "calibration_previous_strength": previous,
         "calibration_success_rate": info.get("success_rate"),
         "calibration_surgical_share": info.get("surgical_share"),
+        "calibration_on_task_share": info.get("on_task_share"),
         "calibration_judge": info.get("judge"),
         "calibration_window": info.get("window") or None,
         "calibration_strengths": [float(r["strength"]) for r in info["per_strength"].values()]

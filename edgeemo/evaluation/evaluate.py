@@ -392,13 +392,23 @@ def chat_summary(result: dict) -> dict:
         "on_task_unsteered": _rate([r["on_task"]["on_task"] for r in refs if "on_task" in r])
         if has_task else None,
         "coherent": _rate([s["regime"] == "surgical" for s in samples]),
-        "success": {}, "moved": {}, "identification": {}, "per_emotion": {},
+        "success": {}, "moved": {}, "identification": {}, "per_emotion": {}, "cells": {},
     }
 
     def ok(s, judge):
         return (s["judges"][judge]["success"] and s["regime"] == "surgical"
                 and (not has_task or s["on_task"]["on_task"]))
 
+    keys = [strength_key(x) for x in result["settings"]["strengths"]]
+    for e in names:
+        out["cells"][e] = {}
+        for k in keys:
+            cell = [s for s in samples if s["emotion"] == e and _setting(s) == k]
+            out["cells"][e][k] = {
+                "on_task": _rate([s["on_task"]["on_task"] for s in cell]) if has_task else None,
+                "coherent": _rate([s["regime"] == "surgical" for s in cell]),
+                "success": {j: _rate([ok(s, j) for s in cell])
+                            for j in result["settings"]["judges"]}}
     for judge in result["settings"]["judges"]:
         out["moved"][judge] = _rate([s["judges"][judge]["success"] for s in samples])
         out["success"][judge] = _rate([ok(s, judge) for s in samples])

@@ -1,0 +1,91 @@
+"""The library's shape: the public API, strength in one place, the judge seam, missing extras."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import edgeemo
+from edgeemo import vectors
+from edgeemo.errors import EdgeemoError, MissingExtra, require
+from edgeemo.vectors import ControlVector
+
+
+def test_public_api_is_importable_from_the_package():
+    from edgeemo import ChatSession, ControlVector, EmotionModel, make_vectors  # noqa: F401
+
+    for name in edgeemo.__all__:
+        assert getattr(edgeemo, name) is not None
+    with pytest.raises(AttributeError):
+        edgeemo.no_such_thing
+
+
+def _raw(norms=(100.0, 200.0), strength=None):
+    rng = np.random.default_rng(0)
+    meta = {"residual_norm": list(norms)}
+    if strength is not None:
+        meta["strength"] = strength
+    return ControlVector("llama", 8, {3: rng.normal(size=8), 4: rng.normal(size=8)}, meta)
+
+
+def test_at_strength_sets_unit_direction_times_strength_times_norm():
+    vec = vectors.at_strength(_raw(), 0.05, calibrated=True)
+    assert vec.metadata["strength"] == 0.05 and vec.metadata["calibrated"] is True
+    for layer, norm in zip(vec.layers, (100.0, 200.0)):
+        assert np.linalg.norm(vec.directions[layer]) == pytest.approx(0.05 * norm, rel=1e-6)
+    assert vec.metadata["direction_scale"] == pytest.approx([5.0, 10.0], rel=1e-6)
+    again = vectors.at_strength(vec, 0.05)
+    for layer in vec.layers:
+        np.testing.assert_allclose(again.directions[layer], vec.directions[layer], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan"), "0.1", None, True])
+def test_at_strength_refuses_bad_strengths(bad):
+    with pytest.raises(EdgeemoError):
+        vectors.at_strength(_raw(), bad)
+
+
+def test_scale_for_own_foreign_and_asked_strengths():
+    own = vectors.at_strength(_raw(), 0.08)
+    assert vectors.scale_for(own, None) == (1.0, 0.08)
+    assert vectors.scale_for(own, 0.04) == pytest.approx((0.5, 0.04))
+    foreign = ControlVector("llama", 8, {3: np.ones(8)})                 # cvector-generator, repeng
+    assert vectors.scale_for(foreign, None) == (1.0, 1.0)
+    assert vectors.scale_for(foreign, 0.5) == (0.5, 0.5)
+    odd = ControlVector("llama", 8, {3: np.ones(8)}, {"strength": "strong"})
+    assert vectors.scale_for(odd, None) == (1.0, 1.0)
+    with pytest.raises(EdgeemoError, match="number"):
+        vectors.scale_for(own, "0.1")
+
+
+def test_a_missing_extra_names_the_pip_install():
+    with pytest.raises(MissingExtra) as err:
+        require("eval", "edgeemo_no_such_module")
+    message = str(err.value)
+    assert "pip install 'edgeemo[eval]'" in message and "\n" not in message
+
+
+def test_every_judge_implements_the_interface():
+    from edgeemo.evaluation.judges import JUDGES, Judge
+
+    assert {"lexicon", "probe", "reader-smollm2", "reader-gemma3"} <= set(JUDGES)
+    for name, judge in JUDGES.items():
+        assert issubclass(judge, Judge) and judge.name == name
+        assert judge.read is not Judge.read
+        assert isinstance(judge.margin({"measure": "valence", "margin": 0.1}), float)
+
+
+def test_store_paths_come_from_the_model_sha256(tmp_path, monkeypatch):
+    from edgeemo import models, store
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 60)
+    model = models.Model("m", gguf)
+    calls = []
+    real = store.sha256_file
+    monkeypatch.setattr(store, "sha256_file", lambda p: calls.append(p) or real(p))
+    key = model.sha256[:16]
+    assert store.vector_dir(model.sha256).name == key
+    assert store.export_dir(model.sha256, "int8").parent.name == key
+    assert store.cache_dir("stories", model.sha256).name == key
+    assert len(calls) == 1                                  # hashed once, then remembered
