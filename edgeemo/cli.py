@@ -229,11 +229,15 @@ def export_vector(emotion, all_, model, method, layer_spec, strength, stimuli_fi
       edgeemo export-vector -e fear --layers 12-16 -o fear.gguf
       llama-cli -m model.gguf --control-vector fear.gguf      # stock llama.cpp, scale 1.0
     """
-    from .make import make_vectors
+    from .make import check_output, check_settings, make_vectors
 
     if all_ == bool(emotion):
         raise click.UsageError("give --emotion NAME or --all")
     layers = parse_layer_range(layer_spec)
+    check_settings(None if all_ else [emotion], method=method, strength=strength,
+                   baseline=baseline, denoise=denoise, layers=layers)      # before slow work
+    if output is not None:
+        check_output(output, directory=all_)
     resolved = models.ensure(model, progress=say)
     paths = make_vectors(resolved, None if all_ else [emotion], method=method, layers=layers,
                          strength=strength, stimuli_file=stimuli_file, pooling=pooling,
@@ -401,6 +405,7 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
     """
     from .chat import ChatSession
 
+    mix = mix_from(emotion_spec, strength)                    # checked before the model loads
     runtime = load_runtime(model, seed)
     runtime.steer_prompt = steer_prompt
     probe = None
@@ -410,7 +415,6 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
         probe = Probe(runtime.model, progress=progress)
     session = ChatSession(runtime, system=system, seed=seed, max_tokens=max_tokens,
                           temperature=temperature, probe=probe)
-    mix = mix_from(emotion_spec, strength)
     if mix:
         runtime.steer(mix)
         click.echo(f"[steering: {describe_mix(runtime.mix)}]", err=True)

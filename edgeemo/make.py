@@ -73,19 +73,9 @@ def make_vectors(model: Model, emotion_names: Sequence[str] | None = None, *,
     store, where ``chat`` finds them. ``progress(label, done, total)`` follows long loops and
     ``say(message)`` reports steps.
     """
-    strength = DEFAULT_STRENGTH if strength is None else check_strength(strength, positive=True)
-    if baseline not in BASELINES:
-        raise EdgeemoError(f"unknown baseline '{baseline}': choose one of {', '.join(BASELINES)}")
-    if denoise < 0:
-        raise EdgeemoError(f"--denoise {denoise}: give a number of components, 0 or more")
-    if layers is not None and not 1 <= layers[0] <= layers[1]:
-        raise EdgeemoError(f"layers {layers[0]}-{layers[1]}: layers start at 1 and the range must "
-                           f"go upwards")
+    targets, strength = check_settings(emotion_names, method=method, strength=strength,
+                                       baseline=baseline, denoise=denoise, layers=layers)
     everything = emotion_names is None
-    targets = list(emotions.EMOTIONS) if everything else list(dict.fromkeys(
-        emotions.canonical(e, allow_custom=True) for e in emotion_names))
-    if not targets:
-        raise EdgeemoError("give at least one emotion")
     single_file = output is not None and not everything and len(targets) == 1 \
         and not Path(output).is_dir()
     out_dir = None if single_file else (
@@ -114,6 +104,28 @@ def vectors_from(acts: extract.Activations, targets: Sequence[str] | None = None
     return {name: analysis.make_vector(acts, name, dirs[name], band, strength=strength,
                                        settings={"baseline": baseline, "denoise": denoise})
             for name in targets}
+
+
+def check_settings(emotion_names: Sequence[str] | None, *, method: str = "generation",
+                   strength: float | None = None, baseline: str = "neutral", denoise: int = 0,
+                   layers: tuple[int, int] | None = None) -> tuple[list[str], float]:
+    """Everything about a request for vectors that can be checked before any slow work:
+    returns the canonical emotion names and the strength."""
+    if method not in extract.METHODS:
+        raise EdgeemoError(f"unknown method '{method}': choose one of {', '.join(extract.METHODS)}")
+    strength = DEFAULT_STRENGTH if strength is None else check_strength(strength, positive=True)
+    if baseline not in BASELINES:
+        raise EdgeemoError(f"unknown baseline '{baseline}': choose one of {', '.join(BASELINES)}")
+    if isinstance(denoise, bool) or not isinstance(denoise, int) or denoise < 0:
+        raise EdgeemoError(f"denoise {denoise!r}: give a number of components, 0 or more")
+    if layers is not None and not 1 <= layers[0] <= layers[1]:
+        raise EdgeemoError(f"layers {layers[0]}-{layers[1]}: layers start at 1 and the range must "
+                           f"go upwards")
+    targets = list(emotions.EMOTIONS) if emotion_names is None else list(dict.fromkeys(
+        emotions.canonical(e, allow_custom=True) for e in emotion_names))
+    if not targets:
+        raise EdgeemoError("give at least one emotion")
+    return targets, strength
 
 
 def activations_for(model: Model, method: str, targets: Sequence[str] = (), *,

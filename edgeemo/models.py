@@ -137,6 +137,9 @@ def check_gguf(path: Path) -> None:
     if magic != GGUF_MAGIC:
         raise ModelFileError(f"{path} is not a GGUF file (it does not start with 'GGUF'); "
                              f"give a .gguf model file or a model name from `edgeemo models`")
+    from .ggufcheck import check_header
+
+    check_header(path, what="model")  # before llama.cpp trusts its counts
 
 
 def ensure(name: str | None = None, *, progress=None) -> Model:

@@ -394,6 +394,9 @@ class ControlVector:
         if header[:4] != GGUF_MAGIC:
             raise VectorFormatError(f"{path} is not a GGUF file (it does not start with 'GGUF'); "
                                     f"give a control vector .gguf written by `edgeemo export-vector`")
+        from .ggufcheck import check_header
+
+        check_header(path, what=f"control vector {path}")  # before any parser trusts its counts
         # Fast path for the common mistake of passing a model: parsing its whole vocabulary with
         # GGUFReader takes seconds.
         arch = _first_architecture(header)

@@ -65,19 +65,22 @@ def default_gguf_path():
     return models.store_path(models.cards()["smollm2-135m-instruct"])
 
 
-def test_prebuilt_vectors_are_what_the_script_makes(comprehension_acts):
-    """The shipped vectors match a fresh extraction on this machine (up to float noise)."""
-    from edgeemo import analysis, models
+def test_prebuilt_vectors_are_what_the_script_makes(default_export):
+    """The shipped vectors match a fresh extraction on this machine, by the method and baseline
+    their metadata names (up to float noise; calibration changed only their length)."""
+    from edgeemo import extract, make, models
 
-    band = analysis.best_band(analysis.band_scores(comprehension_acts), comprehension_acts.layers)
-    dirs = analysis.directions(comprehension_acts)
     shipped_dir = models.shipped_dir("vectors") / "smollm2-135m-instruct"
-    for emotion in ("afraid", "happy", "grateful"):
-        fresh = analysis.make_vector(comprehension_acts, emotion, dirs[emotion], band)
-        shipped = ControlVector.from_gguf(shipped_dir / f"{emotion}.gguf")
-        assert fresh.layers == shipped.layers
-        for n in fresh.layers:
-            a, b = fresh.directions[n], shipped.directions[n]
+    shipped = {e: ControlVector.from_gguf(shipped_dir / f"{e}.gguf")
+               for e in ("afraid", "happy", "grateful")}
+    meta = shipped["afraid"].metadata
+    acts = extract.activations(models.resolve("smollm2-135m-instruct"), meta["method"])
+    fresh = make.vectors_from(acts, list(shipped), baseline=meta["baseline"],
+                              denoise=meta["denoise"])
+    for emotion, vec in shipped.items():
+        assert fresh[emotion].layers == vec.layers
+        for n in vec.layers:
+            a, b = fresh[emotion].directions[n], vec.directions[n]
             assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from .. import emotions as emotions_mod
 from ..errors import EdgeemoError
 from .judges import EMPATH_MAP, JUDGES, MARGINS
+from .ontask import ON_TASK_THRESHOLD
 from .regimes import (BLANK_EXPLOSIVE, DISTINCT2_REPETITIVE, NONWORD_EXPLOSIVE,
                       PPL_RATIO_EXPLOSIVE, REGIMES, REPEAT3_REPETITIVE, Scorer, language_drift,
                       regime, text_features)
@@ -200,6 +201,7 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
         "scenarios": [s["id"] for s in scenarios], "seed": seed,
         "max_tokens": max_tokens, "temperature": temperature, "judges": judge_names,
         "threads": runtime.llm.n_threads, "on_task": on_task, "steer_prompt": steer_prompt,
+        "on_task_threshold": ON_TASK_THRESHOLD,
         "margins": dict(MARGINS),
         "thresholds": {"repeat3_repetitive": REPEAT3_REPETITIVE,
                        "distinct2_repetitive": DISTINCT2_REPETITIVE,
@@ -331,6 +333,9 @@ def rejudge(result: dict) -> dict:
     """
     names = result["settings"]["emotions"]
     measured = _measured_margins(result)
+    for row in [*result["samples"], *result.get("chance", [])]:
+        if "on_task" in row:                        # the current threshold, on the stored score
+            row["on_task"]["on_task"] = row["on_task"]["score"] >= ON_TASK_THRESHOLD
     for sample in result["samples"]:
         sample["regime"] = regime(sample["features"])
         for name, verdict in sample["judges"].items():

@@ -66,8 +66,19 @@ def markdown_report(result: dict) -> str:
         f"direction): {', '.join(st['lexicon_valence_only']) or 'none'}.",
     ]
     if "probe" in judges:
-        lines.append(f"- **probe**: the unsteered model's readout of the steered reply; success "
-                     f"when the target's cosine rises by ≥ {st['margins']['probe']}.")
+        lines.append(f"- **probe** (diagnostic: it reads the reply with the vector that steered "
+                     f"it): the unsteered model's readout of the steered reply; moved when the "
+                     f"target's cosine rises by ≥ {st['margins']['probe']}.")
+    for judge in (j for j in judges if j.startswith("reader-")):
+        lines.append(f"- **{judge}**: a held-out reader (directions from texts no vector is made "
+                     f"from, read by {judge.split('-', 1)[1]}); moved when the target's score "
+                     f"rises by ≥ {st['margins'].get(judge)}, the 90th percentile of two "
+                     f"unsteered replies' difference on this run.")
+    if st.get("on_task"):
+        lines.append("- **on task**: the reply's embedding (all-MiniLM-L6-v2) is close enough to "
+                     "the prompt's or the unsteered reply's; success needs it, and a surgical "
+                     "regime. Prompts were " + ("steered too" if st.get("steer_prompt") else
+                                                "not steered (reply-only)") + ".")
     th = st["thresholds"]
     lines += [
         f"- **regimes**: explosive if empty, > {_pct(th.get('blank_explosive', 0.5))} whitespace, "
@@ -93,6 +104,7 @@ def markdown_report(result: dict) -> str:
     if t:
         lines.append(f"| time | {t['total_seconds']:.0f} s, {t['seconds_per_reply']:.2f} s per "
                      f"reply, {t['tokens_per_second']} tokens/s generating |")
+    lines += chat_section(result)
     lines += ["", "## Per emotion", ""]
     if None in st["strengths"] and st.get("recommended_strengths"):
         lines += ["Recommended strengths (each vector's own): " + ", ".join(
@@ -133,6 +145,33 @@ def markdown_report(result: dict) -> str:
     lines += ["Plots: `regimes.png` (regime shares per emotion × strength), `success.png` "
               "(success rate per emotion and judge).", ""]
     return "\n".join(lines)
+
+
+def chat_section(result: dict) -> list[str]:
+    """Success as a chat user meets it: moved, on task and coherent, per judge and emotion."""
+    st, chat = result["settings"], result["summary"].get("chat") or {}
+    if not chat.get("success"):
+        return []
+    judges = list(chat["success"])
+    lines = ["", "## Steered chat: moved, on task and coherent", "",
+             f"On task {_pct(chat['on_task'])} (unsteered {_pct(chat['on_task_unsteered'])}), "
+             f"coherent {_pct(chat['coherent'])}.", "",
+             "| judge | moved | success | identification (chance) |", "| --- | --- | --- | --- |"]
+    for j in judges:
+        ident = chat["identification"].get(j)
+        lines.append(f"| {j} | {_pct(chat['moved'][j])} | {_pct(chat['success'][j])} | "
+                     + (f"{_pct(ident['top1'])} ({_pct(ident['chance'])})" if ident else "–")
+                     + " |")
+    keys = [strength_key(x) for x in st["strengths"]]
+    lines += ["", "| emotion | strength | on task | coherent | "
+              + " | ".join(f"success ({j})" for j in judges) + " |",
+              "| --- | --- | --- | --- |" + " --- |" * len(judges)]
+    for e in st["emotions"]:
+        for k in keys:
+            c = chat["cells"][e][k]
+            lines.append(f"| {e} | {k} | {_pct(c['on_task'])} | {_pct(c['coherent'])} | "
+                         + " | ".join(_pct(c["success"][j]) for j in judges) + " |")
+    return lines
 
 
 def result_baseline(result: dict, scenario_id: str) -> dict:
