@@ -34,8 +34,10 @@ MAX_TOKENS = 256           # the model's max_seq_length
 HEADS, EPS = 12, 1e-12
 
 # A reply is on task when its best cosine (with the request, or with the unsteered reply to it)
-# reaches this. Unsteered SmolLM2-135M replies to the 20 shipped requests (seed 1, compared with
-# seed 0) score 0.43-0.93; replies that drop the request for a story score 0.05-0.30.
+# reaches this. Second unsteered SmolLM2-135M replies (seed 1) to 12 shipped requests score
+# 0.38-0.93 (median 0.68) against the first; read by hand, replies below 0.30 had dropped the
+# request (a story about a rainforest trip for "recommend a book", 0.22), those at 0.32-0.38 had
+# not (a birthday wish, a book recommendation).
 ON_TASK_THRESHOLD = 0.30
 
 
