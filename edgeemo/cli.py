@@ -17,8 +17,6 @@ from .cli_common import (CONTEXT, Group, Progress, json_option, load_runtime, mo
 from .chat import describe_mix
 from .errors import EdgeemoError
 
-progress = say            # the name the commands below use for a step of the work
-
 
 @click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="edgeemo")
@@ -79,7 +77,7 @@ def pull(model, force):
     if resolved.card is None:
         click.echo(f"{resolved.path} is a local file; nothing to pull")
         return
-    path = models.pull(resolved.card, force=force, progress=progress)
+    path = models.pull(resolved.card, force=force, progress=say)
     click.echo(path)
 
 
@@ -92,8 +90,8 @@ def export_model(model, precision, force):
     """Export a GGUF model to ONNX with every layer's hidden state (needs the export extra)."""
     from . import export
 
-    resolved = models.ensure(model, progress=progress)
-    out = export.export_model(resolved, precision, force=force, progress=progress)
+    resolved = models.ensure(model, progress=say)
+    out = export.export_model(resolved, precision, force=force, progress=say)
     click.echo(out)
 
 
@@ -137,7 +135,7 @@ def layer_table(report: dict) -> str:
 @click.option("--plot", type=click.Path(dir_okay=False), help="Draw the curve to this PNG file.")
 def layers(model, method, pooling, seed, json_, plot):
     """Where emotions live: per-layer separation scores against relative depth."""
-    from . import analysis, make, store
+    from . import analysis, make
     from .errors import require
 
     if plot:
@@ -151,7 +149,7 @@ def layers(model, method, pooling, seed, json_, plot):
         print_json(report)
     else:
         click.echo(layer_table(report))
-        path = store.reports_dir() / f"{resolved.name}-{method}-layers.json"
+        path = make.report_path(resolved, method)
         click.echo(f"saved {path}" + (f" and {plot}" if plot else ""), err=True)
 
 
@@ -412,22 +410,23 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
     if monitor:
         from .probe import Probe
 
-        probe = Probe(runtime.model, progress=progress)
+        probe = Probe(runtime.model, progress=say)
     session = ChatSession(runtime, system=system, seed=seed, max_tokens=max_tokens,
                           temperature=temperature, probe=probe)
     if mix:
         runtime.steer(mix)
         click.echo(f"[steering: {describe_mix(runtime.mix)}]", err=True)
     try:
-        repl(session, runtime)
+        repl(session)
     finally:
         runtime.close()
 
 
-def repl(session, runtime) -> None:
+def repl(session) -> None:
     """Read lines until exit, quit, Ctrl-D or Ctrl-C; a bad command never ends the chat."""
     from .chat import HELP
 
+    runtime = session.runtime
     interactive = sys.stdin.isatty()
     click.echo(f"Chatting with {runtime.model.name} ({describe_mix(runtime.mix)}). {HELP}",
                err=True)
@@ -490,7 +489,7 @@ def probe(text, model, json_):
     """The emotion readout of a text: its hidden states projected onto the emotion vectors."""
     from .probe import Probe
 
-    ranked = Probe(models.ensure(model, progress=progress), progress=progress).scores([text])[0]
+    ranked = Probe(models.ensure(model, progress=say), progress=say).scores([text])[0]
     if json_:
         print_json({"text": text, "ranking": [{"emotion": n, "score": round(s, 4)}
                                               for n, s in ranked]})

@@ -15,7 +15,6 @@ from .cli_common import (Progress, emotion_list, load_runtime, model_argument, s
                          threads_option)
 from .errors import EdgeemoError, require
 
-_emotions = emotion_list
 DEFAULT_JUDGES = "reader-smollm2,reader-gemma3,lexicon"
 
 
@@ -103,7 +102,7 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, pool, ju
     from .evaluation.judges import JUDGES
     from .evaluation.report import write_report
 
-    names = _emotions(emotion_spec)
+    names = emotion_list(emotion_spec)
     strengths = _strengths(strength_spec, recommended=True)
     judges = [j.strip() for j in judge_spec.split(",") if j.strip()]
     unknown = [j for j in judges if j not in JUDGES]
@@ -239,7 +238,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
     from .evaluation import evaluate as ev
     from .steer import find_vector
 
-    names = _emotions(emotion_spec)
+    names = emotion_list(emotion_spec)
     strengths = _strengths(strength_spec)
     pool = "requests" if judge == "readers" else "scenarios"
     scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec,

@@ -167,9 +167,13 @@ def layer_report(model: Model, method: str, *, pooling: str = "mean", seed: int 
     reader = HiddenStateReader(export_model(model, progress=say))
     facts, _ = extract.read_pooled(reader, stimuli.neutral_facts(), acts.layers, pooling=pooling)
     report = analysis.layer_report(acts, facts)
-    store.write_text(store.reports_dir() / f"{model.name}-{method}-layers.json",
-                     json.dumps(report, indent=2))
+    store.write_text(report_path(model, method), json.dumps(report, indent=2))
     return acts, report
+
+
+def report_path(model: Model, method: str) -> Path:
+    """Where :func:`layer_report` keeps a model's layer report for ``method``."""
+    return store.reports_dir() / f"{model.name}-{method}-layers.json"
 
 
 def compare_methods(model: Model, *, seed: int = 0, progress=None, say=None) -> dict:

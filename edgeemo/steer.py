@@ -40,7 +40,6 @@ class EmotionModel:
         self.llm = llama_cpp.Llama(model_path=str(self.model.path), n_ctx=n_ctx, seed=seed,
                                    n_threads=threads or os.cpu_count(), verbose=verbose)
         self.arch, self.n_embd, self.n_layer = _cvec.model_shape(self.llm)
-        self.chat_template = self.llm.metadata.get("tokenizer.chat_template")
         self.vectors: dict[str, ControlVector] = {}     # loaded vectors, by emotion name
         self.mix: dict[str, float] = {}                  # what is applied now: emotion -> strength
         self.layers: tuple[int, int] | None = None

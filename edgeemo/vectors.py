@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import numbers
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -390,16 +389,15 @@ class ControlVector:
         if path.is_dir():
             raise VectorFormatError(f"{path} is a directory, not a control vector file")
         with open(path, "rb") as f:
-            header = f.read(512)
+            header = f.read(4)
         if header[:4] != GGUF_MAGIC:
             raise VectorFormatError(f"{path} is not a GGUF file (it does not start with 'GGUF'); "
                                     f"give a control vector .gguf written by `edgeemo export-vector`")
         from .ggufcheck import check_header
 
-        check_header(path, what=f"control vector {path}")  # before any parser trusts its counts
-        # Fast path for the common mistake of passing a model: parsing its whole vocabulary with
-        # GGUFReader takes seconds.
-        arch = _first_architecture(header)
+        # before any parser trusts its counts; a model (the common mistake) is refused here,
+        # without GGUFReader parsing its whole vocabulary
+        arch = check_header(path, what=f"control vector {path}")["architecture"]
         if arch is not None and arch != ARCH:
             raise _not_a_vector(path, arch)
         try:
@@ -456,34 +454,13 @@ class ControlVector:
 
 
 def _not_a_vector(path: Path, arch: str | None) -> VectorFormatError:
+    arch = " ".join(arch.split()) if arch else arch         # one line, whatever the file says
     if arch:
         return VectorFormatError(
             f"{path} is a GGUF model ({arch}), not a control vector; pass the model with "
             f"--model and a vector written by `edgeemo export-vector`")
     return VectorFormatError(f"{path} is not a control vector: general.architecture is "
                              f"missing, expected '{ARCH}'")
-
-
-def _first_architecture(header: bytes) -> str | None:
-    """``general.architecture`` if it is the first key of a little-endian GGUF header, else None.
-
-    Every writer we know puts it first; when it is not, the caller falls back to GGUFReader.
-    """
-    try:
-        version, _n_tensors, n_kv = struct.unpack_from("<IQQ", header, 4)
-        if version not in (2, 3) or n_kv == 0:
-            return None
-        offset = 24
-        (key_len,) = struct.unpack_from("<Q", header, offset)
-        key = header[offset + 8:offset + 8 + key_len]
-        offset += 8 + key_len
-        value_type, value_len = struct.unpack_from("<IQ", header, offset)
-        value = header[offset + 12:offset + 12 + value_len]
-    except struct.error:
-        return None
-    if key != b"general.architecture" or value_type != 8 or len(value) != value_len:  # 8: STRING
-        return None
-    return value.decode("utf-8", errors="replace")
 
 
 def _check_layer(layer: Any) -> int:

@@ -210,15 +210,20 @@ def test_a_valid_vector_passes(tmp_path):
     assert ControlVector.from_gguf(path).metadata["words"] == ["fear", "dread"]
 
 
-@pytest.mark.parametrize("name", HAND_MADE)
-def test_hand_made_bombs_are_one_line(tmp_path, name):
-    data, expected = HAND_MADE[name]
-    path = tmp_path / "bomb.gguf"
+def refused_as_model(tmp_path, data: bytes, expected: str) -> Path:
+    """Write ``data`` and check that the header check refuses it in one line naming ``expected``."""
+    path = tmp_path / "damaged.gguf"
     path.write_bytes(data)
     with pytest.raises(ModelFileError) as info:
         check_header(path, what="model")
     assert expected in str(info.value)
     assert_one_line(info.value, path)
+    return path
+
+
+@pytest.mark.parametrize("name", HAND_MADE)
+def test_hand_made_bombs_are_one_line(tmp_path, name):
+    path = refused_as_model(tmp_path, *HAND_MADE[name])
     with pytest.raises(VectorFormatError, match="is a damaged GGUF file"):
         ControlVector.from_gguf(path)
 
@@ -279,12 +284,7 @@ def test_truncated_and_unreadable_files(tmp_path):
      "more elements than a file of"),
 ])
 def test_other_damage(tmp_path, data, expected):
-    path = tmp_path / "odd.gguf"
-    path.write_bytes(data)
-    with pytest.raises(ModelFileError) as info:
-        check_header(path, what="model")
-    assert expected in str(info.value)
-    assert_one_line(info.value, path)
+    refused_as_model(tmp_path, data, expected)
 
 
 def test_nested_arrays_and_a_non_string_architecture_pass(tmp_path):

@@ -356,8 +356,7 @@ def rejudge(result: dict) -> dict:
         for name in result["settings"]["judges"]:
             if ref.get(name) is None or base.get(name) is None:
                 continue
-            judge = JUDGES[name].__new__(JUDGES[name])       # verdicts need no model
-            verdicts = {e: judge.verdict(e, ref[name], base[name]) for e in names}
+            verdicts = {e: JUDGES[name].verdict(e, ref[name], base[name]) for e in names}
             ref["judges"][name] = {e: said and (v["delta"] >= measured[name] - 1e-12
                                                 if name in measured else v["success"])
                                    for e, v in verdicts.items()}

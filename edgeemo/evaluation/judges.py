@@ -178,14 +178,16 @@ class Judge:
         """Scores as they are kept in a result (baseline and chance replies)."""
         return scores
 
-    def verdict(self, emotion: str, steered: dict | None, baseline: dict | None) -> dict:
+    @classmethod
+    def verdict(cls, emotion: str, steered: dict | None, baseline: dict | None) -> dict:
+        """Compare one reply's scores with its baseline's for ``emotion`` (needs no model)."""
         s = None if steered is None else steered[emotion]
         u = None if baseline is None else baseline[emotion]
         delta = None if s is None or u is None else s - u
         return {"steered": None if s is None else round(s, 4),
                 "baseline": None if u is None else round(u, 4),
                 "delta": None if delta is None else round(delta, 4),
-                "success": bool(delta is not None and delta >= self.margin({}) - 1e-12)}
+                "success": bool(delta is not None and delta >= cls.margin({}) - 1e-12)}
 
     @classmethod
     def margin(cls, verdict: dict) -> float:
@@ -200,7 +202,8 @@ class LexiconJudge(Judge):
     def read(self, texts):
         return [lexicon_scores(t) for t in texts]
 
-    def verdict(self, emotion, steered, baseline):
+    @classmethod
+    def verdict(cls, emotion, steered, baseline):
         return lexicon_judgement(emotion, steered, baseline)
 
     @classmethod
@@ -281,7 +284,8 @@ class ReaderJudge(Judge):
                       for e, d in self.directions.items()}
         return out
 
-    def verdict(self, emotion, steered, baseline):
+    @classmethod
+    def verdict(cls, emotion, steered, baseline):
         out = super().verdict(emotion, steered, baseline)
         # every emotion's score, for identification among the replies to one prompt
         out["scores"] = None if steered is None else {e: round(v, 4) for e, v in steered.items()}
