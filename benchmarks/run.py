@@ -32,6 +32,7 @@ BENCHMARKS = {      # name -> (script, section title); in the order they run
     "endtoend": ("bench_endtoend.py", "End to end"),
     "peer": ("bench_peer.py", "A peer: repeng"),
     "scaling": ("bench_scaling.py", "Scaling"),
+    "serve": ("bench_serve.py", "HTTP server"),
 }
 
 

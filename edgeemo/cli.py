@@ -11,9 +11,9 @@ import sys
 
 import click
 
-from . import __version__, models
+from . import __version__, models, store
 from .cli_common import (CONTEXT, Group, Progress, json_option, load_runtime, model_argument,
-                         print_json, say)
+                         print_json, say, threads_option)
 from .chat import describe_mix
 from .errors import EdgeemoError
 
@@ -303,8 +303,14 @@ def mix_from(spec: str | None, strength: float | None) -> dict[str, float | None
         if strength is not None:
             raise click.UsageError("--strength needs --emotion")
         return {}
+    from .vectors import check_strength
+
     mix = emotions.parse_mix(spec)
-    return {name: (strength if s is None else s) for name, s in mix.items()}
+    mix = {name: (strength if s is None else s) for name, s in mix.items()}
+    for value in mix.values():                   # before the model loads
+        if value is not None:
+            check_strength(value)
+    return mix
 
 
 @cli.command()
@@ -318,9 +324,10 @@ def mix_from(spec: str | None, strength: float | None) -> dict[str, float | None
 @temperature_option
 @click.option("--compare", is_flag=True, help="Print the unsteered and steered replies side by side.")
 @steer_prompt_option
+@threads_option
 @click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
 def generate(prompt, model, emotion_spec, strength, max_tokens, seed, temperature, compare,
-             steer_prompt, json_):
+             steer_prompt, threads, json_):
     """One steered reply to a prompt.
 
     \b
@@ -333,7 +340,7 @@ def generate(prompt, model, emotion_spec, strength, max_tokens, seed, temperatur
     if not prompt.strip():
         raise click.UsageError("the prompt is empty")
     mix = mix_from(emotion_spec, strength)
-    runtime = load_runtime(model, seed)
+    runtime = load_runtime(model, seed, threads)
     runtime.steer_prompt = steer_prompt
     options = {"max_tokens": max_tokens, "seed": seed, "temperature": temperature}
     runs = [{}, mix] if compare else [mix]
@@ -391,8 +398,9 @@ def print_side_by_side(columns: list[tuple[str, str]]) -> None:
 @click.option("--monitor", is_flag=True, help="After each reply, show the emotion probe's readout "
                                               "of it (needs the ONNX export).")
 @steer_prompt_option
+@threads_option
 def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, monitor,
-         steer_prompt):
+         steer_prompt, threads):
     """Chat with a steered model; switch emotions mid-conversation.
 
     \b
@@ -404,7 +412,7 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
     from .chat import ChatSession
 
     mix = mix_from(emotion_spec, strength)                    # checked before the model loads
-    runtime = load_runtime(model, seed)
+    runtime = load_runtime(model, seed, threads)
     runtime.steer_prompt = steer_prompt
     probe = None
     if monitor:
@@ -438,7 +446,9 @@ def repl(session) -> None:
                 line = read_line()
                 if line is None:
                     break
-        except (EOFError, click.Abort, KeyboardInterrupt):
+        except (EOFError, click.Abort, KeyboardInterrupt) as exc:
+            if isinstance(exc, store.Terminated):
+                raise                                   # SIGTERM ends edgeemo (exit 143)
             break
         except UnicodeDecodeError:
             click.echo("Error: that line is not valid UTF-8; type it again", err=True)
@@ -472,8 +482,10 @@ def show_reply(session, line: str) -> None:
     try:
         for piece in pieces:
             click.echo(piece, nl=False)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         pieces.close()
+        if isinstance(exc, store.Terminated):
+            raise
         click.echo(" [stopped]", nl=False)
     click.echo()
     ranked = session.readout()
@@ -489,6 +501,8 @@ def probe(text, model, json_):
     """The emotion readout of a text: its hidden states projected onto the emotion vectors."""
     from .probe import Probe
 
+    if not text.strip():
+        raise click.UsageError("the text is empty: give some text to read")
     ranked = Probe(models.ensure(model, progress=say), progress=say).scores([text])[0]
     if json_:
         print_json({"text": text, "ranking": [{"emotion": n, "score": round(s, 4)}
@@ -500,7 +514,13 @@ def probe(text, model, json_):
 
 # --- steering evaluation (its commands live in their own module) -----------------------------------
 
+from .cli_check import check_command  # noqa: E402
 from .cli_evaluate import calibrate_command, evaluate_command  # noqa: E402  (no import loop)
 
 cli.add_command(evaluate_command)
 cli.add_command(calibrate_command)
+cli.add_command(check_command)
+
+from .cli_serve import serve_command  # noqa: E402
+
+cli.add_command(serve_command)

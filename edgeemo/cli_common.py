@@ -16,18 +16,24 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 class Group(click.Group):
-    """Turns EdgeemoError into a one-line error (exit 1) and Ctrl-C into exit 130."""
+    """Turns EdgeemoError into a one-line error (exit 1), Ctrl-C into exit 130 and SIGTERM into
+    exit 143. Both signals are raised as exceptions (``store.signals_handled``), so every
+    temporary file is removed on the way out and a commit in progress finishes first."""
 
     def invoke(self, ctx):
+        from . import store
+
         try:
-            return super().invoke(ctx)
+            with store.signals_handled():
+                return super().invoke(ctx)
         except EdgeemoError as exc:
             if os.environ.get("EDGEEMO_RAISE_ERRORS"):
                 raise
             raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            click.echo("\nterminated" if isinstance(exc, store.Terminated) else "\ninterrupted",
+                       err=True)
+            sys.exit(143 if isinstance(exc, store.Terminated) else 130)
 
 
 def say(message: str) -> None:

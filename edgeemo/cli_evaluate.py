@@ -64,8 +64,10 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True,
                    "scenarios: statements, openings and story starts.")
 @click.option("--judges", "judge_spec", default=DEFAULT_JUDGES, show_default=True,
               help="Comma-separated: reader-smollm2, reader-gemma3 (held-out readers of two "
-                   "model families), lexicon (Empath, VADER), probe (the model's own readout "
-                   "with the evaluated vectors: a diagnostic, not independent).")
+                   "model families), tone-smollm2, tone-gemma3 (readers of tone, made from "
+                   "the dialogue replies: not independent of dialogue vectors), lexicon "
+                   "(Empath, VADER), probe (the model's own readout with the evaluated vectors: "
+                   "a diagnostic, not independent).")
 @click.option("--on-task/--no-on-task", default=True, show_default=True,
               help="Check that each reply still answers its prompt (an independent embedding "
                    "model); success then needs it.")
@@ -118,6 +120,9 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, pool, ju
     result = ev.evaluate(runtime, names, strengths, scenarios, seed=seed, max_tokens=max_tokens,
                          judges=judges, on_task=on_task, steer_prompt=steer_prompt,
                          progress=Progress())
+    for judge, shared in result["settings"]["judges_sharing_data"].items():
+        say(f"note: {judge} is made from the same data as the {', '.join(shared)} vector(s): "
+            f"it is not an independent judge of them")
     if report_dir:
         paths = write_report(result, report_dir)
         say(f"report written to {paths['markdown']}")
@@ -273,14 +278,15 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
     chosen = calibration.calibrate(runtime, names, strengths, scenarios, seed=seed,
                                    max_tokens=max_tokens, judge=judge, verify=verify,
                                    progress=Progress())
-    for name, info in chosen.items():
-        info["source"] = str(sources[name])
-        if info["strength"] is None or dry_run:
-            info["written"] = None
-            continue
-        target = sources[name] if (prebuilt or vector_dir) else store_dir / f"{name}.gguf"
-        info["written"] = str(calibration.apply_calibration(sources[name], info["strength"], info,
-                                                   output=target))
+    with store.transaction():          # every calibrated file, or (interrupted) none
+        for name, info in chosen.items():
+            info["source"] = str(sources[name])
+            if info["strength"] is None or dry_run:
+                info["written"] = None
+                continue
+            target = sources[name] if (prebuilt or vector_dir) else store_dir / f"{name}.gguf"
+            info["written"] = str(calibration.apply_calibration(sources[name], info["strength"],
+                                                                info, output=target))
     if json_:
         click.echo(json.dumps(chosen, indent=2))
         return

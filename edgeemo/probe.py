@@ -30,7 +30,7 @@ class Probe:
         if len(self.vectors) < 2:
             raise EdgeemoError(f"the probe needs emotion vectors for {model.name}: make them with "
                                f"`edgeemo export-vector --all --model {model.name}`")
-        self.reader = HiddenStateReader(export_model(model, progress=progress))
+        self.reader = HiddenStateReader(export_model(model, progress=progress), notice=progress)
         self.layers = sorted({hidden_state_index(n) for v in self.vectors.values()
                               for n in v.directions})
         self.reference = self.neutral_mean()                              # (L, d)

@@ -8,18 +8,28 @@ Texts are batched with right padding; the attention mask hides the padding and p
 real tokens only, so a text's states do not depend on its batch neighbours. Only the requested
 ``hidden_states.k`` outputs are computed and kept, so memory is bounded by one batch of the chosen
 layers. Items may also be lists of token ids (for example a story llama.cpp generated).
+
+A text longer than ``max_tokens`` (the model's training context, at most 2048) is cut to its first
+``max_tokens`` tokens, with a notice ("read the first 2048 tokens of 25113"): attention over all
+of a 100,000-character text would ask onnxruntime for a matrix of many gigabytes. Batches are
+also limited to about ``TOKEN_BUDGET`` padded tokens, so many long texts do not share one batch.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .errors import EdgeemoError
 from .export import MANIFEST, ONNX_NAME, TOKENIZER
+
+MAX_TOKENS = 2048          # the most tokens of one text read at once
+TOKEN_BUDGET = 8192        # padded tokens per batch (batch size × longest text), at most
 
 
 def source_gguf(manifest: dict) -> Path | None:
@@ -34,30 +44,60 @@ def source_gguf(manifest: dict) -> Path | None:
 
 
 class HiddenStateReader:
-    def __init__(self, export_dir: Path | str, *, threads: int | None = None):
+    def __init__(self, export_dir: Path | str, *, threads: int | None = None,
+                 max_tokens: int | None = None, notice: Callable[[str], None] | None = None):
+        """``max_tokens``: read at most this many tokens of each text (default: the model's
+        training context, at most ``MAX_TOKENS``). ``notice(message)`` is told when a text is
+        cut (default: ``warnings.warn``)."""
         import onnxruntime as ort
 
         self.dir = Path(export_dir)
-        self.manifest = json.loads((self.dir / MANIFEST).read_text())
+        try:
+            self.manifest = json.loads((self.dir / MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            raise EdgeemoError(f"{self.dir} is not a complete ONNX export ({MANIFEST}: "
+                               f"{getattr(exc, 'strerror', None) or exc}); export it again with "
+                               f"`edgeemo export-model --force`") from None
         self.n_layer: int = self.manifest["n_layer"]
         self.n_embd: int = self.manifest["n_embd"]
         self._vocab = None        # llama.cpp's own tokenizer, from the GGUF (vocabulary only)
         self.tokenizer = None     # else the tokenizer saved with the export
+        self.notice = notice
+        context = MAX_TOKENS
         gguf_path = source_gguf(self.manifest)
         if gguf_path is not None:
             import llama_cpp
 
-            self._vocab = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True,
-                                          verbose=False)
-        else:
+            try:
+                self._vocab = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True,
+                                              verbose=False)
+            except ValueError as exc:
+                raise EdgeemoError(f"llama.cpp could not read the vocabulary of {gguf_path} "
+                                   f"({exc}); check the model with `edgeemo pull`") from None
+            trained = self._vocab.metadata.get(f"{self.manifest.get('architecture')}"
+                                               f".context_length")
+            if str(trained).isdigit() and int(trained) > 0:
+                context = min(context, int(trained))
+        if max_tokens is not None:
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+                raise EdgeemoError(f"max_tokens must be a whole number of at least 1, not "
+                                   f"{max_tokens!r}")
+            context = max_tokens
+        self.max_tokens = context
+        if gguf_path is None:
             from tokenizers import Tokenizer
 
             self.tokenizer = Tokenizer.from_file(str(self.dir / TOKENIZER))
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = threads or os.cpu_count() or 1
-        self.session = ort.InferenceSession(str(self.dir / ONNX_NAME), options,
-                                            providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(self.dir / ONNX_NAME), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:   # onnxruntime's errors share no public base class
+            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise EdgeemoError(f"onnxruntime cannot load {self.dir / ONNX_NAME} ({first}); export "
+                               f"it again with `edgeemo export-model --force`") from None
         self.input_names = {i.name for i in self.session.get_inputs()}
 
     def tokenize(self, text: str) -> list[int]:
@@ -67,7 +107,8 @@ class HiddenStateReader:
         converts from some GGUFs (Gemma 3's, for one) splits words differently.
         """
         if self._vocab is not None:
-            return self._vocab.tokenize(text.encode(), add_bos=True, special=False)
+            return self._vocab.tokenize(text.encode(errors="replace"), add_bos=True,
+                                        special=False)
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         if self.manifest.get("add_bos") and self.manifest.get("bos_token_id") is not None:
             ids = [self.manifest["bos_token_id"]] + ids
@@ -76,7 +117,8 @@ class HiddenStateReader:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` as a continuation: no BOS, special-token strings read as text."""
         if self._vocab is not None:
-            return self._vocab.tokenize(text.encode(), add_bos=False, special=False)
+            return self._vocab.tokenize(text.encode(errors="replace"), add_bos=False,
+                                        special=False)
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     @property
@@ -105,12 +147,25 @@ class HiddenStateReader:
         outputs = [f"hidden_states.{k}" for k in layers]
         batch: list[list[int]] = []
         for item in items:
-            batch.append(self.tokenize(item) if isinstance(item, str) else list(item))
+            ids = self.tokenize(item) if isinstance(item, str) else list(item)
+            if len(ids) > self.max_tokens:
+                self._tell(f"read the first {self.max_tokens} tokens of {len(ids)}")
+                ids = ids[: self.max_tokens]
+            if batch and (len(batch) + 1) * max(len(ids), *map(len, batch)) > TOKEN_BUDGET:
+                yield from self._run(batch, outputs)
+                batch = []
+            batch.append(ids)
             if len(batch) == batch_size:
                 yield from self._run(batch, outputs)
                 batch = []
         if batch:
             yield from self._run(batch, outputs)
+
+    def _tell(self, message: str) -> None:
+        if self.notice is not None:
+            self.notice(message)
+        else:
+            warnings.warn(message, stacklevel=3)
 
     def _run(self, batch: list[list[int]], outputs: list[str]) -> Iterator[np.ndarray]:
         lengths = [len(ids) for ids in batch]

@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import _cvec, emotions, models, store
+from . import _cvec, check, emotions, models, store
 from .errors import EdgeemoError, VectorFormatError
 from .vectors import MAX_STRENGTH, ControlVector, mix_buffer, scale_for
 
@@ -37,8 +37,12 @@ class EmotionModel:
 
         self.model = model if isinstance(model, models.Model) else models.ensure(
             None if model is None else str(model))
-        self.llm = llama_cpp.Llama(model_path=str(self.model.path), n_ctx=n_ctx, seed=seed,
-                                   n_threads=threads or os.cpu_count(), verbose=verbose)
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(self.model.path), n_ctx=n_ctx, seed=seed,
+                                       n_threads=threads or os.cpu_count(),
+                                       n_threads_batch=threads or os.cpu_count(), verbose=verbose)
+        except ValueError as exc:           # llama-cpp-python's "Failed to load model from file"
+            raise models.load_failed(self.model, exc) from None
         self.arch, self.n_embd, self.n_layer = _cvec.model_shape(self.llm)
         self.vectors: dict[str, ControlVector] = {}     # loaded vectors, by emotion name
         self.mix: dict[str, float] = {}                  # what is applied now: emotion -> strength
@@ -207,6 +211,7 @@ class EmotionModel:
             raise EdgeemoError(f"the mix adds up to {total:g} (the sum of its strengths), beyond "
                                f"{MAX_STRENGTH:g}, a whole residual norm, where text is noise; "
                                f"lower the strengths (useful mixes add up to about 0.05-0.2)")
+        check.require_steerable(self.llm, self.model.name)   # once per architecture
         self._buffer = mix_buffer(parts, self.n_layer)
         _cvec.apply(self.llm, self._buffer)
         self.mix, self.layers, self._cache = applied, layers, None

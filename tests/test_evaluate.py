@@ -4,6 +4,8 @@ default model (slow)."""
 
 from __future__ import annotations
 
+import copy
+
 import json
 import os
 import subprocess
@@ -375,6 +377,18 @@ def test_evaluate_is_reproducible(runtime, tmp_path):
     paths = report.write_report(first, tmp_path / "report")
     assert paths["markdown"].is_file() and paths["regimes"].stat().st_size > 1000
 
+    # judging the recorded replies again gives what evaluate gave, without generating
+    again = copy.deepcopy(second)
+    for row in [*again["baseline"], *again["chance"]]:
+        row.pop("lexicon", None)
+    for sample in again["samples"]:
+        sample["judges"].pop("lexicon")
+    again["settings"]["judges"].remove("lexicon")
+    ev.add_judges(again, ["lexicon"])
+    assert [s["judges"]["lexicon"] for s in again["samples"]] == \
+        [s["judges"]["lexicon"] for s in first["samples"]]
+    assert again["summary"]["success"]["lexicon"] == sm["success"]["lexicon"]
+
 
 @pytest.mark.slow
 def test_recommended_strength_is_each_vectors_own(runtime):
@@ -548,3 +562,19 @@ def test_held_out_reader_ranks_unseen_emotional_texts(default_export):
     for (emotion, _), s in zip(texts.items(), scores):
         others = [s[e] for e in texts if e != emotion]
         assert s[emotion] > max(others), (emotion, s)
+
+
+def test_tone_reader_ranks_unseen_replies_by_tone(default_export):
+    """Three replies to one request, new text, same content, only the tone differs."""
+    judge = judges.JUDGES["tone-smollm2"]()
+    replies = {
+        "afraid": "Oh no, I really hope nothing goes wrong. Check the stove twice, please, and keep "
+                  "the lid on; a pan left alone can catch fire so quickly, it frightens me.",
+        "enthusiastic": "Yes, let's do it! Heat the pan, add the butter and watch it sizzle, this "
+                        "is going to be the best omelette you've made, I love it!",
+        "angry": "Fine. Heat the pan. Add the butter. And for the last time, stop leaving it on "
+                 "full heat, I am sick of scraping burnt eggs off everything.",
+    }
+    scores = judge.read(list(replies.values()))
+    for (emotion, _), s in zip(replies.items(), scores):
+        assert s[emotion] == max(other[emotion] for other in scores), (emotion, s)

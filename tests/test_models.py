@@ -145,7 +145,8 @@ def test_a_write_that_hits_the_limit_is_one_line_and_leaves_nothing(tmp_path):
               "try:\n    store.write_bytes(sys.argv[1] + '/big.bin', b'x' * (4 << 20))\n"
               "except store.StoreError as e:\n    print(e)")
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], text=True,
-                            capture_output=True, preexec_fn=_limit_file_size)
+                            capture_output=True, preexec_fn=_limit_file_size,
+                            env={**os.environ, "EDGEEMO_HOME": str(tmp_path)})  # a store write
     assert "the store is full" in result.stdout and "EDGEEMO_HOME" in result.stdout, result
     assert list(tmp_path.iterdir()) == []
 

@@ -41,7 +41,7 @@ from .report import strength_key, write_report
 
 # write_report is here too so that one import gives the whole evaluation; listing it tells
 # linters the import is meant.
-__all__ = ["evaluate", "rejudge", "select_scenarios", "strength_key", "summarize", "write_report"]
+__all__ = ["add_judges", "evaluate", "rejudge", "select_scenarios", "strength_key", "summarize", "write_report"]
 
 
 # --- scenarios ------------------------------------------------------------------------------------
@@ -176,8 +176,12 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
     if unknown:
         raise EdgeemoError(f"unknown judge {', '.join(unknown)}: choose from {', '.join(JUDGES)}")
     runtime = _load_runtime(model, seed, threads)
+    shared = {}                                   # judges made from a vector's own data
     for name in names:
-        runtime.vector(name)                       # fail now, not after the baseline
+        method = runtime.vector(name).metadata.get("method")   # fail now, not after the baseline
+        for j in judge_names:
+            if method and getattr(JUDGES[j], "shares_data_with", None) == method:
+                shared.setdefault(j, []).append(name)
     scorer = Scorer(runtime.model.path, threads=runtime.llm.n_threads)   # same as the runtime's
     reply = _Replies(runtime, scenarios, seed=seed, max_tokens=max_tokens, temperature=temperature,
                      steer_prompt=steer_prompt)
@@ -202,6 +206,7 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
         "max_tokens": max_tokens, "temperature": temperature, "judges": judge_names,
         "threads": runtime.llm.n_threads, "on_task": on_task, "steer_prompt": steer_prompt,
         "on_task_threshold": ON_TASK_THRESHOLD,
+        "judges_sharing_data": shared,
         "margins": dict(MARGINS),
         "thresholds": {"repeat3_repetitive": REPEAT3_REPETITIVE,
                        "distinct2_repetitive": DISTINCT2_REPETITIVE,
@@ -363,6 +368,28 @@ def rejudge(result: dict) -> dict:
     result["settings"]["margins"] = {**MARGINS, **measured}
     result["summary"] = summarize(result)
     return result
+
+
+def add_judges(result: dict, judge_names: Sequence[str], progress=None) -> dict:
+    """Judge an earlier result's replies (baseline, chance, every sample) with more judges,
+    without generating again; then :func:`rejudge`. In place; returns the result."""
+    from .. import models
+
+    unknown = [j for j in judge_names if j not in JUDGES]
+    if unknown:
+        raise EdgeemoError(f"unknown judge {', '.join(unknown)}: choose from {', '.join(JUDGES)}")
+    names = result["settings"]["emotions"]
+    baseline = {b["scenario"]: b for b in result["baseline"]}
+    reference = {c["scenario"]: c for c in result.get("chance", [])}
+    for name in judge_names:
+        model = models.resolve(result["settings"]["model"]) if name == "probe" else None
+        for row in [*baseline.values(), *reference.values()]:
+            row.pop(name, None)                     # read again, with the judge as it is now
+        _judge(JUDGES[name](model, names), names, baseline, result["samples"], reference,
+               progress)
+        if name not in result["settings"]["judges"]:
+            result["settings"]["judges"].append(name)
+    return rejudge(result)
 
 
 def _measured_margins(result: dict) -> dict[str, float]:

@@ -246,6 +246,9 @@ class ProbeJudge(Judge):
         return PROBE_MARGIN
 
 
+_READERS_MADE: dict[type, tuple] = {}       # reader class -> (export, layers, centre, directions)
+
+
 class ReaderJudge(Judge):
     """Held-out reader: the cosine of a reply's pooled hidden states (centred on the mean of the
     emotions' texts) with each emotion's direction (its texts' mean minus that centre), averaged
@@ -256,19 +259,24 @@ class ReaderJudge(Judge):
     DEPTH = (0.45, 0.70)
 
     def __init__(self, model=None, emotions=()):
-        from .. import export, models, stimuli
+        from .. import export, models
         from ..emotions import EMOTIONS
         from ..extract import read_pooled
         from ..reader import HiddenStateReader
 
         super().__init__(model, emotions)
         self.reader = HiddenStateReader(export.export_model(models.ensure(self.reader_model)))
-        n = self.reader.n_layer
-        self.layers = [k for k in range(1, n) if self.DEPTH[0] <= k / n <= self.DEPTH[1]]
-        texts = stimuli.heldout(EMOTIONS)
-        means = {e: read_pooled(self.reader, texts[e], self.layers)[0].mean(0) for e in EMOTIONS}
-        self.centre = np.mean(list(means.values()), axis=0)                  # (L, d)
-        self.directions = {e: _unit(m - self.centre) for e, m in means.items()}
+        made = _READERS_MADE.get(type(self))
+        if made is None or made[0] != self.reader.dir:
+            n = self.reader.n_layer
+            layers = [k for k in range(1, n) if self.DEPTH[0] <= k / n <= self.DEPTH[1]]
+            texts = self.texts()
+            means = {e: read_pooled(self.reader, texts[e], layers)[0].mean(0) for e in EMOTIONS}
+            centre = np.mean(list(means.values()), axis=0)                       # (L, d)
+            made = (self.reader.dir, layers, centre,
+                    {e: _unit(m - centre) for e, m in means.items()})
+            _READERS_MADE[type(self)] = made       # a calibration judges many times: read once
+        _, self.layers, self.centre, self.directions = made
 
     def read(self, texts):
         from ..extract import read_pooled
@@ -283,6 +291,14 @@ class ReaderJudge(Judge):
             out[i] = {e: float(np.mean(np.sum(centred[row] * d, axis=-1)))
                       for e, d in self.directions.items()}
         return out
+
+    @classmethod
+    def texts(cls) -> dict[str, list[str]]:
+        """The texts each emotion's direction is made from: the held-out vignettes."""
+        from .. import stimuli
+        from ..emotions import EMOTIONS
+
+        return stimuli.heldout(EMOTIONS)
 
     @classmethod
     def verdict(cls, emotion, steered, baseline):
@@ -309,6 +325,37 @@ class Gemma3Reader(ReaderJudge):
     reader_model = "gemma3-270m"
 
 
+class ToneReader(ReaderJudge):
+    """A reader of tone, not of story: directions made from assistant replies that differ only
+    in tone (``dialogue.jsonl``: the same answer to an everyday request, neutral and in each
+    emotion). The held-out vignette readers hardly see tone at all (``scripts/judge_ceiling.py``:
+    on the hand-written tone-only replies they pick out 30% / 21%). These readers share their
+    texts with ``--method dialogue`` vectors, so they are independent judges of comprehension and
+    generation vectors only; ``evaluate`` says so when it is given dialogue vectors."""
+
+    shares_data_with = "dialogue"
+
+    @classmethod
+    def texts(cls) -> dict[str, list[str]]:
+        from .. import stimuli
+
+        out: dict[str, list[str]] = {}
+        for row in stimuli.dialogue():
+            if row["emotion"] != "neutral":
+                out.setdefault(row["emotion"], []).append(row["text"])
+        return out
+
+
+class ToneSmolLM2(ToneReader):
+    name = "tone-smollm2"
+    reader_model = "smollm2-135m-instruct"
+
+
+class ToneGemma3(ToneReader):
+    name = "tone-gemma3"
+    reader_model = "gemma3-270m"
+
+
 def _unit(v):
     return v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
 
@@ -320,6 +367,7 @@ def chance_margin(deltas: list[float]) -> float:
 
 
 JUDGES: dict[str, type[Judge]] = {j.name: j for j in (LexiconJudge, ProbeJudge, SmolLM2Reader,
-                                                      Gemma3Reader)}
-READERS = tuple(name for name, j in JUDGES.items() if getattr(j, "chance_margin", False))
+                                                      Gemma3Reader, ToneSmolLM2, ToneGemma3)}
+READERS = ("reader-smollm2", "reader-gemma3")            # held-out vignettes: calibration's judges
+TONE_READERS = ("tone-smollm2", "tone-gemma3")
 MARGINS = {"lexicon": LEXICON_MARGIN, "valence": VALENCE_MARGIN, "probe": PROBE_MARGIN}

@@ -1,0 +1,218 @@
+"""The HTTP server: throughput, latency and time to first token under concurrent clients.
+
+    python benchmarks/bench_serve.py                    # 1, 4, 8 clients; --parallel 1 and 2
+    python benchmarks/bench_serve.py --quick            # 1 and 2 clients, 4 tokens
+    python benchmarks/bench_serve.py --set max_tokens=64 --set per_client=3
+
+``edgeemo serve`` runs as its own process on a free loopback port (the default model, one
+llama.cpp thread per worker unless --threads gives more to share out), once with ``--parallel 1``
+and once with ``--parallel 2``. For each number of clients, steered (afraid, its calibrated
+strength) and unsteered in turn, every client sends ``per_client`` streamed chat completions one
+after the other (greedy, ``max_tokens`` tokens, a short chat turn), all clients starting together.
+Reported per cell: requests/s (requests over the wall time of the cell), median and 95th
+percentile latency (request to ``[DONE]``) and median time to first token (request to the first
+chunk with text). The server's memory is read from /proc after its load: resident set, and the
+proportional set size (PSS), which counts pages of the GGUF that several workers map only once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import benchlib
+
+FULL = {"model": benchlib.DEFAULT_MODEL, "parallel": [1, 2], "clients": [1, 4, 8],
+        "per_client": 2, "max_tokens": 32, "emotion": "afraid",
+        "messages": [{"role": "system", "content": "You are a friendly assistant."},
+                     {"role": "user", "content": "Hi! How was your day?"}]}
+QUICK = {"clients": [1, 2], "per_client": 1, "max_tokens": 4}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(model: str, parallel: int, threads: int, clients: int):
+    """``edgeemo serve`` in a subprocess; yields (base url, pid) once /health answers."""
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, "-m", "edgeemo", "serve", model, "--port", str(port),
+               "--parallel", str(parallel), "--threads", str(threads),
+               "--queue", str(max(16, clients))]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"edgeemo serve exited: {proc.stderr.read()[-1000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("edgeemo serve did not answer /health within 120 s")
+            time.sleep(0.2)
+        yield url, proc.pid
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def memory_mb(pid: int) -> dict:
+    """Resident set (VmRSS, RssAnon, RssFile) and proportional set size of a process, in MB."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key = line.split(":")[0]
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                out[key] = int(line.split()[1]) / 1024
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                out["Pss"] = int(line.split()[1]) / 1024
+    return out
+
+
+def one_request(http, url: str, body: dict) -> dict:
+    """One streamed completion: latency, time to first text, status."""
+    started = time.perf_counter()
+    first = None
+    with http.stream("POST", url + "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            return {"status": response.status_code, "latency": None, "first": None}
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            if first is None and any(c["delta"].get("content")
+                                     for c in json.loads(line[6:])["choices"]):
+                first = time.perf_counter() - started
+    return {"status": 200, "latency": time.perf_counter() - started, "first": first}
+
+
+def cell(url: str, clients: int, per_client: int, body: dict) -> dict:
+    """``clients`` clients at once, each sending ``per_client`` requests in turn."""
+    import httpx
+
+    results: list[dict] = []
+    start = threading.Barrier(clients + 1)
+
+    def client():
+        with httpx.Client(timeout=600) as http:
+            start.wait()
+            for _ in range(per_client):
+                results.append(one_request(http, url, body))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    ok = [r for r in results if r["status"] == 200]
+    latencies = sorted(r["latency"] for r in ok)
+    return {"requests": len(results), "failed": len(results) - len(ok), "wall_s": wall,
+            "requests_per_s": len(ok) / wall if wall else None,
+            "latency_p50_s": benchlib.median(latencies),
+            "latency_p95_s": percentile(latencies, 95),
+            "first_token_p50_s": benchlib.median(r["first"] for r in ok)}
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile by linear interpolation between closest ranks."""
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def run(quick: bool = False, threads: int | None = None,
+        overrides: list[str] | None = None) -> dict:
+    settings = benchlib.settings_for(FULL, QUICK, quick, overrides)
+    threads = threads or benchlib.default_threads()
+    report = benchlib.Report("serve", "HTTP server: throughput and latency", quick=quick,
+                             settings={**settings, "threads": threads})
+    try:
+        import fastapi  # noqa: F401
+        import httpx  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        with report.part("serve"):
+            raise benchlib.SkipPart(f"needs the serve extra and httpx ({exc.name} is missing): "
+                                    f"pip install -e '.[serve,test]'")
+        return report.to_dict()
+    report.note(f"load average at start: {benchlib.load_average()}")
+    body = {"messages": settings["messages"], "max_tokens": settings["max_tokens"],
+            "temperature": 0, "seed": 0, "stream": True}
+    kinds = {"unsteered": body, "steered": {**body, "emotion": settings["emotion"]}}
+    cells = {}
+    for parallel in settings["parallel"]:
+        per_worker = max(1, threads // parallel)
+        with report.part(f"--parallel {parallel}"):
+            with server(settings["model"], parallel, per_worker, max(settings["clients"])) \
+                    as (url, pid):
+                import httpx
+
+                with httpx.Client(timeout=600) as http:             # untimed warm-up
+                    one_request(http, url, kinds["steered"])
+                    one_request(http, url, kinds["unsteered"])
+                for i, clients in enumerate(settings["clients"]):
+                    order = list(kinds) if i % 2 == 0 else list(kinds)[::-1]
+                    for kind in order:
+                        result = cell(url, clients, settings["per_client"], kinds[kind])
+                        cells[f"parallel={parallel} clients={clients} {kind}"] = result
+                        benchlib.say(f"[serve] parallel {parallel}, {clients} clients, {kind}: "
+                                     f"{result['requests_per_s']:.2f} req/s")
+                memory = memory_mb(pid)
+            report.data[f"memory_parallel_{parallel}_mb"] = benchlib.rounded(memory, 1)
+            for clients in settings["clients"]:
+                for kind in kinds:
+                    r = cells[f"parallel={parallel} clients={clients} {kind}"]
+                    ms = {k: None if r[k] is None else 1000 * r[k]
+                          for k in ("latency_p50_s", "latency_p95_s", "first_token_p50_s")}
+                    report.row(f"--parallel {parallel}, {clients} client{'s' * (clients > 1)}, "
+                               f"{kind}: throughput", r["requests_per_s"], "req/s",
+                               headline=clients == max(settings["clients"]) and kind == "steered",
+                               note=f"latency p50 {ms['latency_p50_s']:.0f} ms, p95 "
+                                    f"{ms['latency_p95_s']:.0f} ms; first token p50 "
+                                    f"{ms['first_token_p50_s']:.0f} ms; {r['requests']} requests"
+                                    + (f", {r['failed']} failed" if r["failed"] else ""))
+            report.row(f"--parallel {parallel}: server memory (PSS)", memory.get("Pss"), "MB",
+                       headline=True,
+                       note=f"resident {memory.get('VmRSS', 0):.0f} MB, of which mapped from "
+                            f"files {memory.get('RssFile', 0):.0f} MB (the GGUF, counted once "
+                            f"per worker in RSS, once in PSS) and anonymous "
+                            f"{memory.get('RssAnon', 0):.0f} MB")
+    report.data["cells"] = benchlib.rounded(cells, 4)
+    for clients in settings["clients"]:
+        with contextlib.suppress(KeyError, TypeError):
+            steered = cells[f"parallel=1 clients={clients} steered"]["requests_per_s"]
+            plain = cells[f"parallel=1 clients={clients} unsteered"]["requests_per_s"]
+            report.data[f"steered_over_unsteered_clients_{clients}"] = round(steered / plain, 3)
+    report.note(f"load average at end: {benchlib.load_average()}; {threads} thread(s) shared out "
+                f"among the workers (at least one each)")
+    return report.to_dict()
+
+
+if __name__ == "__main__":
+    benchlib.main(run, __doc__)

@@ -1,0 +1,284 @@
+"""Is a model steerable, and how? The library side of ``edgeemo check``.
+
+    from edgeemo import check, models
+    report = check.check(models.ensure("smollm2-135m-instruct"))
+    report["control_vector"]["steerable"]       # True: llama.cpp applies a vector at every layer
+
+What it measures, in seconds and without exporting anything:
+
+* the model as llama.cpp loads it: architecture, n_layer, n_embd, parameter count;
+* whether llama.cpp applies a control vector at each layer N = 1 .. n_layer-1: one short prompt is
+  evaluated once with the vector off, then, for each layer, a random vector (norm sqrt(n_embd),
+  i.e. about 1 per component) is set at that layer alone and only the last prompt token is
+  evaluated again (the earlier tokens stay in the cache, unsteered). The change in its logits
+  against the zero vector is the layer's effect; an architecture whose llama.cpp graph has no
+  control-vector hook changes nothing, bit for bit;
+* ONNX parity, only if an export is already in the store (``check`` never exports): mean cosine
+  between llama.cpp's final hidden state and the ONNX ``hidden_states.{n_layer}`` on the same
+  tokens;
+* the layers the model's vectors (the store's and the prebuilt ones) steer, from their metadata;
+* whether transformers can load the architecture from GGUF (so edgeemo can export it) and the
+  memory the fp32 export needs, estimated as :data:`EXPORT_MEMORY_FORMULA`.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from . import _cvec, models
+from .errors import EdgeemoError, ModelFileError, NotSteerable
+
+PROMPT = "The weather today is"
+PARITY_TEXTS = (
+    "The old lighthouse keeper climbed the stairs every evening to light the lamp.",
+    "She read the letter twice, folded it, and put it back in the drawer.",
+)
+# A layer counts as steered when the last-token logits move by more than this (absolute, in
+# logits) beyond the run-to-run difference of the unsteered logits (which is 0 on one thread).
+MIN_CHANGE = 1e-4
+# The fp32 export holds about four fp32 copies of the weights at its peak (dequantized from GGUF,
+# the torch model, the traced graph's constants, the serialised ONNX model), plus the Python,
+# torch and transformers runtime. Fitted on SmolLM2-135M (134.5M parameters): 2.70 GB peak
+# resident measured (one thread), 2.65 GB by the formula. A rough guide, not a bound.
+EXPORT_MEMORY_FORMULA = "4 copies x 4 bytes x n_params + 0.5 GB"
+
+
+def export_memory(n_params: int) -> int:
+    """Bytes the fp32 ONNX export needs at its peak (see :data:`EXPORT_MEMORY_FORMULA`)."""
+    return 4 * 4 * int(n_params) + 500_000_000
+
+
+def load(model: models.Model, *, threads: int = 1, n_ctx: int = 64, embedding: bool = False):
+    """A quiet ``llama_cpp.Llama`` for checks; ModelFileError if llama.cpp cannot load it."""
+    import llama_cpp
+
+    kwargs = {"pooling_type": llama_cpp.LLAMA_POOLING_TYPE_NONE} if embedding else {}
+    try:
+        return llama_cpp.Llama(model_path=str(model.path), n_ctx=n_ctx, n_threads=threads,
+                               embedding=embedding, verbose=False, **kwargs)
+    except ValueError as exc:
+        raise ModelFileError(f"llama.cpp cannot load {model.path.name} ({exc}); it may use an "
+                             f"architecture this llama.cpp does not know") from None
+
+
+# --- does llama.cpp apply a control vector? --------------------------------------------------
+
+def layer_effects(llm, *, prompt: str = PROMPT, seed: int = 0,
+                  layers: list[int] | None = None) -> dict[int, float]:
+    """For each llama.cpp layer N, the largest change in the last prompt token's logits when a
+    random vector is set at N alone, minus the unsteered run-to-run difference (see module doc).
+
+    Leaves the vector cleared and llama.cpp's cache reset.
+    """
+    _, n_embd, n_layer = _cvec.model_shape(llm)
+    layers = list(range(1, n_layer)) if layers is None else layers
+    ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
+    n_vocab = llm.n_vocab()
+    rng = np.random.default_rng(seed)
+    _cvec.apply(llm, None)                     # clears and resets
+    llm.eval(ids[:-1])                         # the prefix, unsteered, evaluated once
+
+    def last_logits(buffer):
+        _cvec.apply(llm, buffer, reset=False)
+        llm.n_tokens = len(ids) - 1
+        llm.eval(ids[-1:])
+        # llama.cpp keeps the logits of the batch's last token (Llama.scores stays empty)
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64)
+
+    base = last_logits(None)
+    noise = float(np.abs(last_logits(None) - base).max())
+    effects = {}
+    for n in layers:
+        buffer = np.zeros((n_layer - 1) * n_embd, dtype=np.float32)
+        buffer[(n - 1) * n_embd: n * n_embd] = rng.standard_normal(n_embd)   # norm ~ sqrt(n_embd)
+        effects[n] = max(0.0, float(np.abs(last_logits(buffer) - base).max()) - noise)
+    _cvec.apply(llm, None)
+    return effects
+
+
+_STEERABLE: dict[str, bool] = {}     # architecture -> llama.cpp applies vectors (once a process)
+
+
+def require_steerable(llm, name: str = "") -> None:
+    """Raise NotSteerable if llama.cpp ignores control vectors for this model's architecture.
+
+    Tested once per architecture and process, with a random vector at the middle layer (see
+    :func:`layer_effects`); resets llama.cpp's cache.
+    """
+    arch, n_embd, n_layer = _cvec.model_shape(llm)
+    if arch not in _STEERABLE:
+        effect = max(layer_effects(llm, layers=[max(1, n_layer // 2)]).values())
+        _STEERABLE[arch] = effect > MIN_CHANGE
+    if not _STEERABLE[arch]:
+        raise NotSteerable(
+            f"llama.cpp ignores control vectors for the '{arch}' architecture"
+            f"{f' ({name})' if name else ''}: a test vector left the output unchanged, so "
+            f"steering would do nothing; use a model of another architecture "
+            f"(`edgeemo check MODEL` tells)")
+
+
+# --- ONNX parity, from a cached export only ----------------------------------------------------
+
+def parity(model: models.Model, export_dir: Path, *, threads: int = 1,
+           texts=PARITY_TEXTS) -> float:
+    """Mean cosine, over every token of ``texts``, between llama.cpp's final hidden state and the
+    export's ``hidden_states.{n_layer}`` on the same token ids."""
+    from .reader import HiddenStateReader
+
+    llm = load(model, threads=threads, n_ctx=256, embedding=True)
+    reader = HiddenStateReader(export_dir, threads=threads)
+    cosines = []
+    for text in texts:
+        ids = reader.tokenize(text)
+        if ids != llm.tokenize(text.encode(), add_bos=True, special=False):
+            raise EdgeemoError(f"the export of {model.name} tokenizes differently from llama.cpp")
+        ours = next(reader.read([ids], [reader.n_layer]))[0]                  # (T, d)
+        theirs = np.array(llm.embed(text, normalize=False), dtype=np.float32)  # (T, d)
+        cos = (ours * theirs).sum(1) / (np.linalg.norm(ours, axis=1)
+                                         * np.linalg.norm(theirs, axis=1) + 1e-12)
+        cosines.extend(cos.tolist())
+    llm.close()
+    return float(np.mean(cosines))
+
+
+# --- vectors already made ------------------------------------------------------------------------
+
+def vector_bands(model: models.Model, arch: str, n_embd: int, n_layer: int) -> list[dict]:
+    """Per directory of vectors for this model (store, prebuilt): count, layers, methods, fit."""
+    from .steer import vector_dirs
+    from .vectors import ControlVector
+
+    found = []
+    for directory in vector_dirs(model):
+        files = sorted(directory.glob("*.gguf")) if directory.is_dir() else []
+        if not files:
+            continue
+        layers, methods, strengths, unfit = set(), set(), [], 0
+        for path in files:
+            vec = ControlVector.from_gguf(path)
+            layers |= set(vec.layers)
+            methods.add(str(vec.metadata.get("method", "unknown")))
+            if isinstance(vec.metadata.get("strength"), float):
+                strengths.append(vec.metadata["strength"])
+            try:
+                vec.check_compatible(arch, n_embd, n_layer, model.name)
+            except EdgeemoError:
+                unfit += 1
+        found.append({"directory": str(directory), "vectors": len(files),
+                      "layers": [min(layers), max(layers)],
+                      "hidden_states": [min(layers) + 1, max(layers) + 1],
+                      "depth": [round((min(layers) + 1) / n_layer, 2),
+                                round((max(layers) + 1) / n_layer, 2)],
+                      "methods": sorted(methods),
+                      "strengths": [min(strengths), max(strengths)] if strengths else None,
+                      "incompatible": unfit})
+    return found
+
+
+# --- the whole check -----------------------------------------------------------------------------
+
+def exportable_architectures() -> list[str] | None:
+    """The architectures transformers can load from GGUF; None without the export extra."""
+    try:
+        from .export import supported_architectures
+
+        return supported_architectures()
+    except ImportError:
+        return None
+
+
+def check(model: models.Model, *, threads: int = 1, prompt: str = PROMPT, seed: int = 0,
+          parity_check: bool = True) -> dict:
+    """Everything ``edgeemo check`` reports, as one dict (see the module docstring)."""
+    import llama_cpp
+
+    from . import export
+
+    started = time.perf_counter()
+    # importing transformers takes seconds: do it while llama.cpp works (which releases the GIL)
+    pool = ThreadPoolExecutor(max_workers=1)
+    exportable = pool.submit(exportable_architectures)
+    pool.shutdown(wait=False)
+    report: dict = {"model": model.name, "path": str(model.path)}
+    llm = load(model, threads=threads)
+    arch, n_embd, n_layer = _cvec.model_shape(llm)
+    n_params = int(llama_cpp.llama_model_n_params(llm._model.model))
+    report.update(architecture=arch, n_layer=n_layer, n_embd=n_embd, n_params=n_params,
+                  file_bytes=model.path.stat().st_size)
+
+    tested = time.perf_counter()
+    effects = layer_effects(llm, prompt=prompt, seed=seed)
+    llm.close()
+    tested = time.perf_counter() - tested
+    applied = [n for n, e in effects.items() if e > MIN_CHANGE]
+    report["control_vector"] = {
+        "prompt": prompt,
+        "layers_tested": [1, n_layer - 1],
+        "logit_change": {str(n): round(e, 4) for n, e in effects.items()},
+        "applied_layers": applied,
+        "ignored_layers": [n for n in effects if n not in applied],
+        "steerable": len(applied) == len(effects) > 0,
+        "seconds": round(tested, 2),
+    }
+
+    cached = [p.name for p in export.exports(model)]
+    report["parity"] = None
+    if parity_check and cached:
+        precision = "fp32" if "fp32" in cached else cached[0]
+        measured = time.perf_counter()
+        cosine = parity(model, export.cached_export(model, precision), threads=threads)
+        report["parity"] = {"precision": precision, "mean_cosine": round(cosine, 5),
+                            "seconds": round(time.perf_counter() - measured, 2)}
+
+    report["vectors"] = vector_bands(model, arch, n_embd, n_layer)
+    supported = exportable.result()
+    report["export"] = {"supported_by_transformers": None if supported is None
+                        else arch in supported,
+                        "cached": cached,
+                        "memory_bytes": export_memory(n_params),
+                        "memory_formula": EXPORT_MEMORY_FORMULA}
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    return report
+
+
+def summary(report: dict) -> list[str]:
+    """The report as a few lines for people."""
+    cv = report["control_vector"]
+    ex = report["export"]
+    lines = [f"{report['model']}: {report['architecture']}, {report['n_layer']} layers, "
+             f"n_embd {report['n_embd']}, {report['n_params'] / 1e6:.0f}M parameters"]
+    if cv["steerable"]:
+        largest = max(float(v) for v in cv["logit_change"].values())
+        lines.append(f"control vectors: applied by llama.cpp at every layer "
+                     f"1-{report['n_layer'] - 1} (largest logit change {largest:.3g})")
+    elif cv["applied_layers"]:
+        lines.append(f"control vectors: applied at layers {_ranges(cv['applied_layers'])}, "
+                     f"ignored at {_ranges(cv['ignored_layers'])}")
+    else:
+        lines.append("control vectors: IGNORED by llama.cpp for this architecture (not steerable)")
+    if report["parity"]:
+        lines.append(f"ONNX parity ({report['parity']['precision']} export): mean cosine "
+                     f"{report['parity']['mean_cosine']:.4f}")
+    else:
+        lines.append("ONNX parity: no export in the store (`edgeemo export-model` makes one)")
+    for v in report["vectors"]:
+        lines.append(f"vectors: {v['vectors']} in {v['directory']}: llama.cpp layers "
+                     f"{v['layers'][0]}-{v['layers'][1]} (depth {v['depth'][0]:.2f}-"
+                     f"{v['depth'][1]:.2f}), {', '.join(v['methods'])}"
+                     + (f", {v['incompatible']} made for another model"
+                        if v["incompatible"] else ""))
+    if not report["vectors"]:
+        lines.append("vectors: none yet (`edgeemo export-vector` makes them)")
+    support = {True: "yes", False: "no (transformers cannot load this architecture from GGUF)",
+               None: "unknown (the export extra is not installed)"}[ex["supported_by_transformers"]]
+    lines.append(f"export to ONNX: {support}; needs about {ex['memory_bytes'] / 1e9:.1f} GB "
+                 f"({ex['memory_formula']})")
+    return lines
+
+
+def _ranges(layers: list[int]) -> str:
+    return f"{min(layers)}-{max(layers)}" if layers else "none"

@@ -1,0 +1,74 @@
+"""``edgeemo serve``: the OpenAI-compatible server (``serve.py``) on uvicorn."""
+
+from __future__ import annotations
+
+import click
+
+from .cli_common import model_argument, say
+from .errors import require
+
+
+@click.command(name="serve")
+@model_argument
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback needs --api-key or --allow-remote.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on (0: any free port).")
+@click.option("--api-key", envvar="EDGEEMO_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every endpoint but /health.")
+@click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Requests generated at once: one llama.cpp context each (the weights are "
+                   "mapped from the GGUF once and shared).")
+@click.option("--queue", "queue_size", type=click.IntRange(0, 10_000), default=16,
+              show_default=True, help="Requests that may wait for a worker; beyond, 503.")
+@click.option("--threads", type=click.IntRange(1, 256),
+              help="llama.cpp threads per worker (default: the cores shared out among workers).")
+@click.option("--n-ctx", type=click.IntRange(64, 131072), default=2048, show_default=True,
+              help="Context of each worker, in tokens (prompt + max_tokens must fit).")
+@click.option("--max-tokens", type=click.IntRange(1), default=200, show_default=True,
+              help="Reply length for requests that give no max_tokens.")
+@click.option("--max-body", type=click.IntRange(1024), default=1_000_000, show_default=True,
+              help="Largest request body in bytes (413 beyond).")
+@click.option("--allow-remote", is_flag=True,
+              help="Bind a non-loopback address without an API key (anyone who can reach it "
+                   "can use it).")
+def serve_command(model, host, port, api_key, parallel, queue_size, threads, n_ctx, max_tokens,
+                  max_body, allow_remote):
+    """An OpenAI-compatible server for steered chat (needs the serve extra).
+
+    \b
+    Examples:
+      edgeemo serve                                   # http://127.0.0.1:8000/v1
+      edgeemo serve --parallel 2 --api-key "$KEY"
+      curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"messages": [{"role": "user", "content": "Hi!"}], "emotion": "afraid"}'
+
+    Endpoints: POST /v1/chat/completions (with "emotion": a name, "joy:0.06,calm:0.03" or
+    {"afraid": 0.08}; "steer_prompt": true steers the prompt too), GET /v1/models,
+    GET /v1/emotions, POST /v1/probe, GET /health.
+    """
+    from .serve import is_loopback
+
+    require("serve", "fastapi", "uvicorn")
+    if not is_loopback(host):
+        if not api_key and not allow_remote:
+            raise click.UsageError(f"binding {host} lets anyone who can reach this machine use "
+                                   f"the server: add --api-key KEY, or --allow-remote if you "
+                                   f"mean it")
+        if not api_key:
+            click.echo(f"Warning: serving on {host} with no API key: anyone who can reach this "
+                       f"machine can use it", err=True)
+        else:
+            click.echo("Note: the API key travels in plain HTTP; put TLS in front of the server "
+                       "on an untrusted network", err=True)
+
+    import uvicorn
+
+    from .serve import create_app
+
+    say(f"loading {parallel} worker{'s' if parallel > 1 else ''}")
+    app = create_app(model, parallel=parallel, queue_size=queue_size, api_key=api_key,
+                     threads=threads, n_ctx=n_ctx, max_body=max_body, max_tokens=max_tokens)
+    shown = f"[{host}]" if ":" in host else host
+    say(f"serving {app.state.model.name} at http://{shown}:{port}/v1 (Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
