@@ -209,10 +209,11 @@ def _pct(x) -> str:
 @click.option("--verify", "verify_spec", default="8", show_default=True,
               help="Other scenarios the chosen strength must stay surgical on (a number, all, "
                    "or 0 for none); it steps down the window until it does.")
-@click.option("--judge", type=click.Choice(["readers", "both", "lexicon", "probe"]),
+@click.option("--judge", type=click.Choice(["readers", "tone", "both", "lexicon", "probe"]),
               default="readers", show_default=True,
               help="readers: success = moved for the held-out readers, on task and coherent, on "
-                   "everyday requests; both/lexicon/probe: the older rule on scenarios.")
+                   "everyday requests; tone: the same with the tone readers (not independent of "
+                   "dialogue vectors); both/lexicon/probe: the older rule on scenarios.")
 @click.option("--vectors", "vector_dir", type=click.Path(exists=True, file_okay=False),
               help="Calibrate the <emotion>.gguf files in this directory (rewritten in place).")
 @click.option("--prebuilt", is_flag=True, help="Rewrite the prebuilt vectors shipped in the "
@@ -245,7 +246,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
 
     names = emotion_list(emotion_spec)
     strengths = _strengths(strength_spec)
-    pool = "requests" if judge == "readers" else "scenarios"
+    pool = "requests" if judge in ("readers", "tone") else "scenarios"
     scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec,
                                     pool=pool)
     verify = _verify_scenarios(verify_spec, [s["id"] for s in scenarios], pool)
@@ -275,6 +276,11 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
         # evaluate the very file that will be rewritten
         runtime.vectors[name] = runtime.vector(str(path))
     store_dir = store.vector_dir(runtime.model.sha256)
+    if judge == "tone" and any(runtime.vectors[n].metadata.get("method") == "dialogue"
+                               for n in names):
+        say("note: the tone readers are made from the replies dialogue vectors are made from, "
+            "so they do not judge these independently (scripts/dialogue_crossfit.py judges them "
+            "cross-fit)")
     chosen = calibration.calibrate(runtime, names, strengths, scenarios, seed=seed,
                                    max_tokens=max_tokens, judge=judge, verify=verify,
                                    progress=Progress())

@@ -449,6 +449,30 @@ def test_calibrate_one_emotion_writes_the_chosen_strength(runtime, tmp_path):
     runtime.vectors.pop(EMOTION, None)
 
 
+@pytest.mark.slow
+def test_calibrate_with_cross_fit_tone_readers(runtime):
+    """Calibration judged by other readers (here: a tone reader made from half of the dialogue
+    requests), on everyday requests, with the on-task window."""
+    from edgeemo import stimuli
+
+    requests = list(dict.fromkeys(r["request"] for r in stimuli.dialogue()))
+    with judges.tone_readers_from(requests[1::2]):
+        chosen = calibration.calibrate(runtime, [EMOTION], strengths=(0.03, 0.3),
+                                       scenarios=ev.select_scenarios("r05,r08", pool="requests"),
+                                       max_tokens=24, readers=["tone-smollm2"])
+    info = chosen[EMOTION]
+    assert info["judge"] == "tone-smollm2" and set(info["margins"]) == {"tone-smollm2"}
+    rows = info["per_strength"]
+    assert set(rows) == {"0.03", "0.3"}
+    assert all(set(r) >= {"success_tone-smollm2", "on_task_share", "coherent_share"}
+               for r in rows.values())
+    # far too strong a push leaves the request behind, so it is never chosen
+    assert rows["0.3"]["on_task_share"] < calibration.ON_TASK_MIN or \
+        rows["0.3"]["coherent_share"] < calibration.COHERENT_MIN
+    assert info["window"] in ([], [0.03]) and info["strength"] in (None, 0.03)
+    runtime.clear()
+
+
 def test_rejudge_applies_the_current_margins_and_thresholds():
     result = _constructed_result()
     result["chance"] = []
@@ -578,3 +602,25 @@ def test_tone_reader_ranks_unseen_replies_by_tone(default_export):
     scores = judge.read(list(replies.values()))
     for (emotion, _), s in zip(replies.items(), scores):
         assert s[emotion] == max(other[emotion] for other in scores), (emotion, s)
+
+
+def test_tone_readers_can_be_made_from_some_requests_only():
+    """A cross-fit: within the block the tone readers read only the chosen requests' replies."""
+    from edgeemo import stimuli
+
+    tone = judges.JUDGES["tone-smollm2"]
+    everything = tone.texts()
+    requests = list(dict.fromkeys(r["request"] for r in stimuli.dialogue()))
+    half = requests[1::2]
+    with judges.tone_readers_from(half):
+        some = tone.texts()
+        assert tone.source() == frozenset(half)
+    assert tone.source() is None and tone.texts() == everything
+    for emotion, texts in some.items():
+        assert len(texts) == len(half) < len(everything[emotion])
+        assert set(texts) < set(everything[emotion])
+    for bad in ([], ["How do I build a spaceship?"]):
+        with pytest.raises(EdgeemoError, match="requests of dialogue.jsonl"):
+            with judges.tone_readers_from(bad):
+                pass
+    assert tone.source() is None

@@ -28,21 +28,22 @@ VERIFY_SCENARIOS = 8               # other scenarios the chosen strength must al
 # the request and stay coherent (surgical); the best success among those wins
 ON_TASK_MIN = 0.90
 COHERENT_MIN = 0.95
-JUDGE_CHOICES = ("readers", "both", "lexicon", "probe")
+JUDGE_CHOICES = ("readers", "tone", "both", "lexicon", "probe")
 
 
 def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIBRATION_STRENGTHS,
               scenarios: Sequence[dict] | None = None, *, seed: int = 0, max_tokens: int = 48,
               judge: str = "readers", use_probe: bool = True, threads: int | None = None,
-              verify: Sequence[dict] | None = None,
+              verify: Sequence[dict] | None = None, readers: Sequence[str] | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
     """Per emotion, the strength to recommend, with the evidence.
 
-    ``judge="readers"`` (the default) judges replies to everyday requests (``scenarios`` default
+    ``judge="readers"`` (the default; ``"tone"``: the same with the tone readers) judges replies to everyday requests (``scenarios`` default
     to 8 of ``stimuli.requests()``) with the held-out readers and the on-task check: the window is
     the strengths whose replies are at least :data:`ON_TASK_MIN` on task and :data:`COHERENT_MIN`
     coherent, and the success is the readers' mean of "moved, on task and coherent". The other
-    judges keep the older rule below.
+    judges keep the older rule below. ``readers`` replaces the held-out vignette readers (for
+    example ``judges.TONE_READERS``, within :func:`judges.tone_readers_from` for dialogue vectors).
 
     The window is the strengths whose replies are at least :data:`SURGICAL_WINDOW` surgical;
     within it the strength with the best success rate wins, the smaller one on a tie. The
@@ -61,11 +62,16 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
         raise EdgeemoError("the probe judge needs use_probe=True")
     strengths = sorted(float(s) for s in strengths)
     model = _load_runtime(model, seed, threads)            # one model for every evaluation below
+    if judge == "tone":
+        from .judges import TONE_READERS
+
+        judge, readers = "readers", readers or TONE_READERS
     if judge == "readers":
         scenarios = list(scenarios) if scenarios is not None else select_scenarios(
             CALIBRATION_SCENARIOS, pool="requests")
         return _calibrate_readers(model, emotions, strengths, scenarios, seed=seed,
-                                  max_tokens=max_tokens, verify=verify, progress=progress)
+                                  max_tokens=max_tokens, verify=verify, progress=progress,
+                                  readers=readers)
     scenarios = list(scenarios) if scenarios is not None else select_scenarios(
         CALIBRATION_SCENARIOS)
     result = evaluate(model, emotions, strengths, scenarios, seed=seed, max_tokens=max_tokens,
@@ -100,11 +106,12 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
 
 
 def _calibrate_readers(model, emotions, strengths, scenarios, *, seed, max_tokens, verify,
-                       progress) -> dict[str, dict]:
+                       progress, readers=None) -> dict[str, dict]:
     from .judges import READERS
 
+    readers = list(readers or READERS)
     result = evaluate(model, emotions, strengths, scenarios, seed=seed, max_tokens=max_tokens,
-                      judges=READERS, on_task=True, chance=True, progress=progress)
+                      judges=readers, on_task=True, chance=True, progress=progress)
     cells = result["summary"]["chat"]["cells"]
     out = {}
     for name in result["settings"]["emotions"]:
@@ -123,10 +130,11 @@ def _calibrate_readers(model, emotions, strengths, scenarios, *, seed, max_token
             "success_rate": None if best is None else best["success_rate"],
             "surgical_share": None if best is None else best["surgical_share"],
             "on_task_share": None if best is None else best["on_task_share"],
-            "window": [r["strength"] for r in window], "judge": "readers", "per_strength": rows,
+            "window": [r["strength"] for r in window], "judge": ",".join(readers),
+            "per_strength": rows,
             "seed": seed, "max_tokens": max_tokens, "scenarios": [s["id"] for s in scenarios],
             "model": result["settings"]["model"],
-            "margins": {j: result["settings"]["margins"][j] for j in READERS},
+            "margins": {j: result["settings"]["margins"][j] for j in readers},
         }
         if verify and best is not None:
             _verify_readers(model, name, out[name], rows, verify, seed=seed,

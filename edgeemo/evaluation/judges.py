@@ -27,14 +27,15 @@ The lexicon judge needs no model, only two lexicons (Empath, VADER) loaded on fi
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
 
 from .. import emotions as emotions_mod
-from ..errors import require
+from ..errors import EdgeemoError, require
 
 # Empath (Fast et al. 2016) categories for each of our emotions, as far as they go. A category may
 # serve two emotions (nervousness for nervous and anxious, contentment for calm and blissful): the
@@ -267,13 +268,13 @@ class ReaderJudge(Judge):
         super().__init__(model, emotions)
         self.reader = HiddenStateReader(export.export_model(models.ensure(self.reader_model)))
         made = _READERS_MADE.get(type(self))
-        if made is None or made[0] != self.reader.dir:
+        if made is None or made[0] != (self.reader.dir, self.source()):
             n = self.reader.n_layer
             layers = [k for k in range(1, n) if self.DEPTH[0] <= k / n <= self.DEPTH[1]]
             texts = self.texts()
             means = {e: read_pooled(self.reader, texts[e], layers)[0].mean(0) for e in EMOTIONS}
             centre = np.mean(list(means.values()), axis=0)                       # (L, d)
-            made = (self.reader.dir, layers, centre,
+            made = ((self.reader.dir, self.source()), layers, centre,
                     {e: _unit(m - centre) for e, m in means.items()})
             _READERS_MADE[type(self)] = made       # a calibration judges many times: read once
         _, self.layers, self.centre, self.directions = made
@@ -291,6 +292,11 @@ class ReaderJudge(Judge):
             out[i] = {e: float(np.mean(np.sum(centred[row] * d, axis=-1)))
                       for e, d in self.directions.items()}
         return out
+
+    @classmethod
+    def source(cls):
+        """What the directions are made from, when it can change between runs (a cache key)."""
+        return None
 
     @classmethod
     def texts(cls) -> dict[str, list[str]]:
@@ -331,9 +337,15 @@ class ToneReader(ReaderJudge):
     emotion). The held-out vignette readers hardly see tone at all (``scripts/judge_ceiling.py``:
     on the hand-written tone-only replies they pick out 30% / 21%). These readers share their
     texts with ``--method dialogue`` vectors, so they are independent judges of comprehension and
-    generation vectors only; ``evaluate`` says so when it is given dialogue vectors."""
+    generation vectors only; ``evaluate`` says so when it is given dialogue vectors. For those,
+    :func:`tone_readers_from` makes them from the replies to other requests (a cross-fit)."""
 
     shares_data_with = "dialogue"
+    requests: ClassVar[frozenset[str] | None] = None     # None: every request of dialogue.jsonl
+
+    @classmethod
+    def source(cls):
+        return ToneReader.requests
 
     @classmethod
     def texts(cls) -> dict[str, list[str]]:
@@ -341,6 +353,8 @@ class ToneReader(ReaderJudge):
 
         out: dict[str, list[str]] = {}
         for row in stimuli.dialogue():
+            if ToneReader.requests is not None and row["request"] not in ToneReader.requests:
+                continue
             if row["emotion"] != "neutral":
                 out.setdefault(row["emotion"], []).append(row["text"])
         return out
@@ -354,6 +368,23 @@ class ToneSmolLM2(ToneReader):
 class ToneGemma3(ToneReader):
     name = "tone-gemma3"
     reader_model = "gemma3-270m"
+
+
+@contextmanager
+def tone_readers_from(requests: Iterable[str]):
+    """Within this block the tone readers are made from the replies to ``requests`` only, so
+    dialogue vectors made from the other requests can be judged by them (a cross-fit)."""
+    from .. import stimuli
+
+    wanted = frozenset(requests)
+    known = {r["request"] for r in stimuli.dialogue()}
+    if not wanted or not wanted <= known:
+        raise EdgeemoError("tone readers need requests of dialogue.jsonl")
+    previous, ToneReader.requests = ToneReader.requests, wanted
+    try:
+        yield
+    finally:
+        ToneReader.requests = previous
 
 
 def _unit(v):
