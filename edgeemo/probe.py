@@ -1,7 +1,9 @@
 """The emotion probe: which of the model's emotion directions a text lights up.
 
-A text is read by the ONNX model, pooled like the stimuli were, centred on the mean of neutral
-texts, and compared (cosine) with each emotion vector at that vector's own layers. The ranking is
+A text is read by the ONNX model, pooled like the stimuli were, centred on a reference that
+matches how the vectors were made (vectors against neutral text: the mean of the neutral texts;
+vectors against the mean of all emotions: the mean of the emotional vignettes), and compared
+(cosine) with each emotion vector at that vector's own layers. The ranking is
 the model's readout of the text, the monitoring use Anthropic proposes for emotion probes.
 """
 
@@ -33,15 +35,27 @@ class Probe:
         self.reader = HiddenStateReader(export_model(model, progress=progress), notice=progress)
         self.layers = sorted({hidden_state_index(n) for v in self.vectors.values()
                               for n in v.directions})
-        self.reference = self.neutral_mean()                              # (L, d)
+        self.reference = self.reference_mean()                            # (L, d)
 
-    def neutral_mean(self) -> np.ndarray:
-        """Mean pooled state of the shipped neutral texts at the probe's layers (cached)."""
-        key = stimuli.stimuli_hash(self.layers, stimuli.comprehension([])["neutral"])[:16]
-        path = store.cache_dir("probe", self.model.sha256) / f"neutral-{key}.npy"
+    def reference_texts(self) -> list[str]:
+        """The texts whose mean state is the zero of the readout. A vector made against the mean
+        of all emotions points away from a typical emotional text, so a text is centred on the
+        mean of the emotional vignettes; one made against neutral text, on the neutral texts
+        (held-out vignettes in the probe's top 5: 18 of 24 against 11 of 24 for the prebuilt
+        grand-mean vectors)."""
+        texts = stimuli.comprehension()
+        if any(v.metadata.get("baseline") == "grand" for v in self.vectors.values()):
+            return [t for name, group in texts.items() if name != "neutral" for t in group]
+        return texts["neutral"]
+
+    def reference_mean(self) -> np.ndarray:
+        """Mean pooled state of :meth:`reference_texts` at the probe's layers (cached)."""
+        texts = self.reference_texts()
+        key = stimuli.stimuli_hash(self.layers, texts)[:16]
+        path = store.cache_dir("probe", self.model.sha256) / f"reference-{key}.npy"
         if path.is_file():
             return np.load(path)
-        states, _ = read_pooled(self.reader, stimuli.comprehension([])["neutral"], self.layers)
+        states, _ = read_pooled(self.reader, texts, self.layers)
         mean = states.mean(0)
         with store.atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, mean)
