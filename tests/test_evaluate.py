@@ -344,8 +344,10 @@ def test_regimes_of_real_replies(runtime, scorer):
         return float(np.mean([np.inf if f["ppl_ratio"] is None else f["ppl_ratio"]
                               for f in features[strength]]))
 
-    # the further the push, the less the unsteered model expects the text
-    assert mean_ratio(0.03) < mean_ratio(0.1) < mean_ratio(0.6), [mean_ratio(s) for s in features]
+    # pushed, the text is less expected by the unsteered model than when barely steered (far
+    # pushes may collapse into loops, which are expected again, so no order among those two)
+    assert mean_ratio(0.03) < min(mean_ratio(0.1), mean_ratio(0.6)), \
+        [mean_ratio(s) for s in features]
 
 
 @pytest.mark.slow
