@@ -160,6 +160,9 @@ def peak_memory_mb() -> dict:
 
 def _child(conn, fn, args, kwargs, env):
     os.environ.update(env)
+    # if memory runs out, the kernel kills the measured stage first, not other work on the machine
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("1000")
     started = time.perf_counter()
     try:
         value = fn(*args, **kwargs)
@@ -167,13 +170,27 @@ def _child(conn, fn, args, kwargs, env):
                    "seconds": time.perf_counter() - started})
     except BaseException as exc:                                   # noqa: BLE001 (sent back)
         conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                   "traceback": traceback.format_exc()})
+                   "traceback": traceback.format_exc(), "memory": peak_memory_mb()})
     finally:
         conn.close()
 
 
 class StageFailed(RuntimeError):
-    pass
+    """A stage that raised, crashed or timed out. ``peak_mb``: the child's peak memory, as it
+    reported it, or as last read from outside (once a second) if it died; None if unknown."""
+
+    def __init__(self, message: str, peak_mb: float | None = None):
+        super().__init__(message)
+        self.peak_mb = peak_mb
+
+
+def _watched_peak_mb(pid: int) -> float | None:
+    """``VmHWM`` of another (live) process in MB, read from /proc; None where that is missing."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
 
 
 def isolated(fn, *args, env: dict | None = None, timeout: float | None = None, **kwargs) -> dict:
@@ -182,7 +199,8 @@ def isolated(fn, *args, env: dict | None = None, timeout: float | None = None, *
 
     ``env`` is set in the child before ``fn`` runs (``EDGEEMO_HOME`` for a fresh store).
     ``fn`` must be importable (a module-level function). Raises StageFailed on an exception in
-    the child, on a crash, or after ``timeout`` seconds (the child is then terminated).
+    the child, on a crash (e.g. killed when memory ran out), or after ``timeout`` seconds (the
+    child is then terminated); its ``peak_mb`` says how much memory the child had reached.
     """
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
@@ -191,24 +209,30 @@ def isolated(fn, *args, env: dict | None = None, timeout: float | None = None, *
     child.start()
     sender.close()
     result = None
+    seen_mb = None                      # the child's peak as read from outside, once a second
     try:
-        if receiver.poll(timeout):
-            with contextlib.suppress(EOFError):
-                result = receiver.recv()
-        else:
-            child.terminate()
-            child.join(10)
-            raise StageFailed(f"{fn.__name__} did not finish within {timeout:.0f} s")
+        while not receiver.poll(1.0):   # a result, or the end of the pipe when the child died
+            seen_mb = _watched_peak_mb(child.pid) or seen_mb
+            if timeout is not None and time.perf_counter() - started > timeout:
+                child.terminate()
+                child.join(10)
+                raise StageFailed(f"{fn.__name__} did not finish within {timeout:.0f} s",
+                                  seen_mb)
+        with contextlib.suppress(EOFError):
+            result = receiver.recv()
     finally:
         receiver.close()
     child.join()
     wall = time.perf_counter() - started
     if result is None:
-        raise StageFailed(f"{fn.__name__} died without a result (exit code {child.exitcode})")
+        killed = " (SIGKILL: the kernel does that when memory runs out)" \
+            if child.exitcode == -9 else ""
+        raise StageFailed(f"{fn.__name__} died without a result (exit code {child.exitcode})"
+                          f"{killed}", seen_mb)
     if not result["ok"]:
         last = result["traceback"].strip().splitlines()[-3:]
         raise StageFailed(f"{fn.__name__} failed in its subprocess: {result['error']}\n"
-                          + "\n".join(last))
+                          + "\n".join(last), result["memory"]["peak_mb"])
     return {"value": result["value"], "peak_mb": result["memory"]["peak_mb"],
             "memory": result["memory"], "seconds": result["seconds"], "wall": wall}
 

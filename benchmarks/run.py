@@ -1,7 +1,8 @@
 """Run every benchmark, print a table, and write results.json and RESULTS.md.
 
     python benchmarks/run.py                         # the full record -> benchmarks/results.json,
-                                                     #   benchmarks/RESULTS.md (about 25 minutes)
+                                                     #   benchmarks/RESULTS.md (about 25 minutes,
+                                                     #   and an hour or more for sizes)
     python benchmarks/run.py --quick                 # tiny settings, to check the scripts still
                                                      #   work (1-3 minutes); writes to a temp dir
     python benchmarks/run.py --quick --out /tmp/bench
@@ -33,6 +34,7 @@ BENCHMARKS = {      # name -> (script, section title); in the order they run
     "peer": ("bench_peer.py", "A peer: repeng"),
     "scaling": ("bench_scaling.py", "Scaling"),
     "serve": ("bench_serve.py", "HTTP server"),
+    "sizes": ("bench_sizes.py", "Model sizes"),
 }
 
 
