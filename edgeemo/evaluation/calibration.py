@@ -38,8 +38,9 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
     """Per emotion, the strength to recommend, with the evidence.
 
-    ``judge="readers"`` (the default; ``"tone"``: the same with the tone readers) judges replies to everyday requests (``scenarios`` default
-    to 8 of ``stimuli.requests()``) with the held-out readers and the on-task check: the window is
+    ``judge="readers"`` (the default; ``"tone"``: the same with the tone readers) judges replies
+    to everyday requests (``scenarios`` default to 8 of ``stimuli.requests()``) with the held-out
+    readers and the on-task check: the window is
     the strengths whose replies are at least :data:`ON_TASK_MIN` on task and :data:`COHERENT_MIN`
     coherent, and the success is the readers' mean of "moved, on task and coherent". The other
     judges keep the older rule below. ``readers`` replaces the held-out vignette readers (for
