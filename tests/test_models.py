@@ -8,6 +8,7 @@ import resource
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,15 @@ def test_full_store_is_one_line_and_leaves_nothing(tiny_filesystem):
     assert len(out.strip().splitlines()) == 1
     assert out.startswith("Error: the store is full:") and "EDGEEMO_HOME" in out
     assert [p for p in tiny_filesystem.rglob("*") if p.is_file()] == []
+
+
+def test_pip_does_not_start_when_edgeemo_died_before_its_death_signal_was_armed(tmp_path):
+    """The child checks its parent after arming PR_SET_PDEATHSIG: a parent that is not edgeemo
+    any more (here: a pid that is not ours) stops it before exec, so it writes nothing."""
+    marker = tmp_path / "ran"
+    code = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+    alive = subprocess.run(code, preexec_fn=partial(models.die_with_parent, os.getpid()))
+    assert alive.returncode == 0 and marker.exists()
+    marker.unlink()
+    orphan = subprocess.run(code, preexec_fn=partial(models.die_with_parent, os.getpid() + 1))
+    assert orphan.returncode != 0 and not marker.exists()
