@@ -1,22 +1,23 @@
 """Export a GGUF model to an ONNX model that outputs every layer's hidden state.
 
-    GGUF ──transformers from_pretrained(dir, gguf_file=…)──► dequantized torch model
-         ──optimum onnx_export_from_model + HiddenStates config──► model.onnx
+    GGUF header ──transformers config, optimum's HiddenStates config──► traced graph (no weights)
+    GGUF tensors ──one at a time, renamed and fixed as transformers loads them──► model.onnx
                                    outputs hidden_states.0 … hidden_states.{n_layer}
 
 ``hidden_states.0`` is the embedding output and ``hidden_states.k`` the output of block k−1; the
 last one is after the final norm (see ``vectors.py`` for how these map onto llama.cpp layers).
+The graph is traced from transformers' model with stand-in weights and the real weights written in
+afterwards (``graph.py``), so an export needs memory for its largest tensor, not for the model.
 The export is cached in the store, keyed by the GGUF's sha256 and the precision, with the
-tokenizer and a manifest beside it. ``int8`` is the fp32 export with every MatMul's weights in
-8-bit blocks (onnxruntime's MatMulNBits) and an int8 embedding: a quarter of the size, directions
-at cosine >= 0.997 to fp32 ones.
+tokenizer and a manifest beside it. ``int8`` has every MatMul's weights in 8-bit blocks
+(onnxruntime's MatMulNBits) and an int8 embedding: a quarter of the size, directions at cosine
+>= 0.997 to fp32 ones. Both precisions are made straight from the GGUF.
 
 Needs the ``export`` extra (transformers, optimum-onnx, torch); the rest of edgeemo does not.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import warnings
@@ -83,16 +84,13 @@ def export_model(model: Model, precision: str = "fp32", *, force: bool = False, 
         say(f"using the cached export in {out}")
         return out
     if (out / MANIFEST).is_file() and not force:
-        say(f"the int8 export in {out} was quantized the older way; quantizing it again")
-    if precision == "int8":      # from the fp32 export (which alone needs transformers and torch)
-        fp32 = export_model(model, "fp32", force=force, progress=progress)
-    else:
-        require_export_extra()
-        supported = supported_architectures()
-        if info["architecture"] not in supported:
-            raise UnsupportedArchitecture(
-                f"{model.path.name} has architecture '{info['architecture']}', which transformers "
-                f"cannot load from GGUF; supported: {', '.join(supported)}")
+        say(f"the int8 export in {out} was quantized the older way; exporting it again")
+    require_export_extra()
+    supported = supported_architectures()
+    if info["architecture"] not in supported:
+        raise UnsupportedArchitecture(
+            f"{model.path.name} has architecture '{info['architecture']}', which transformers "
+            f"cannot load from GGUF; supported: {', '.join(supported)}")
     # One process exports a model at a time; a second one waits, then reuses the export.
     with store.lock(f"export-{store.model_key(sha)}-{precision}",
                     what=f"exporting {model.name} ({precision})", say=say):
@@ -100,10 +98,7 @@ def export_model(model: Model, precision: str = "fp32", *, force: bool = False, 
             say(f"using the export another process made in {out}")
             return out
         with store.atomic_path(out, directory=True) as tmp:
-            if precision == "int8":
-                quantize_int8(fp32, tmp, say)
-            else:
-                export_fp32(model, info, sha, tmp, say)
+            export_onnx(model, info, sha, precision, tmp, say)
     return out
 
 
@@ -131,59 +126,60 @@ def hidden_states_config(model):
     return HiddenStatesOnnxConfig(model.config, task="feature-extraction")
 
 
-def export_fp32(model: Model, info: dict, sha: str, out: Path, say) -> None:
-    import torch
+def export_onnx(model: Model, info: dict, sha: str, precision: str, out: Path, say) -> None:
+    """Trace the graph with stand-in weights, then write the GGUF's weights into it one tensor at
+    a time (see ``graph.py``): memory stays near the largest tensor, whatever the model's size."""
     import transformers
-    from optimum.exporters.onnx import onnx_export_from_model
+
+    from . import graph
 
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
-    say(f"loading {model.path.name} with transformers (dequantizing to fp32)")
+    say(f"reading the configuration and tokenizer of {model.path.name}")
     try:
-        hf, loading = transformers.AutoModel.from_pretrained(
-            model.path.parent, gguf_file=model.path.name, dtype=torch.float32,
-            output_loading_info=True)
-        if loading["missing_keys"]:
-            # transformers' GGUF name map knows some tensors only by the causal-LM model's names
-            # (phi3's fused qkv_proj and gate_up_proj); the base model would keep random weights
-            lm, loading = transformers.AutoModelForCausalLM.from_pretrained(
-                model.path.parent, gguf_file=model.path.name, dtype=torch.float32,
-                output_loading_info=True)
-            hf = lm.base_model
+        skeleton = graph.Skeleton(model.path)
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             model.path.parent, gguf_file=model.path.name)
     except Exception as exc:
         raise ExportError(f"transformers could not load {model.path.name}: "
                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    missing = [k for k in loading["missing_keys"] if not k.startswith("lm_head")]
-    if missing:
-        raise UnsupportedArchitecture(
-            f"transformers loaded {info['architecture']} from {model.path.name} but left "
-            f"{len(missing)} weights unread (e.g. {missing[0]}), so its hidden states would be "
-            f"wrong; this architecture cannot be exported with transformers "
-            f"{transformers.__version__}")
-    hf.eval()
-    loaded = time.perf_counter()
-    say(f"exporting {hf.config.num_hidden_layers + 1} hidden states to ONNX")
+    config = skeleton.config
+    n_layer = config.num_hidden_layers
+    say(f"tracing the graph of {n_layer + 1} hidden states")
+    traced = out / f"traced-{ONNX_NAME}"
     try:
-        onnx_export_from_model(
-            hf, out, task="feature-extraction", do_validation=False,
-            custom_onnx_configs={"model": hidden_states_config(hf)},
-            model_kwargs={"output_hidden_states": True})
+        skeleton.trace(hidden_states_config(skeleton.model), traced)
     except Exception as exc:
         raise ExportError(f"optimum could not export {info['architecture']}: "
                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    loaded = time.perf_counter()
+    say(f"writing the weights ({'8-bit blocks' if precision == 'int8' else 'fp32'}) "
+        f"from {model.path.name}")
+    try:
+        counts = graph.fill(traced, skeleton.gguf_weights(model.path), out / ONNX_NAME,
+                            int8=precision == "int8", say=say)
+    except graph.MissingWeights as exc:
+        raise UnsupportedArchitecture(
+            f"transformers reads {info['architecture']} from {model.path.name} but finds no "
+            f"GGUF tensor for {len(exc.names)} of its weights (e.g. {exc.names[0]}), so its "
+            f"hidden states would be wrong; this architecture cannot be exported with "
+            f"transformers {transformers.__version__}") from None
+    finally:
+        traced.unlink(missing_ok=True)
     tokenizer.backend_tokenizer.save(str(out / TOKENIZER))
+    config.save_pretrained(out)
     write_manifest(out, {
         "model": model.name,
         "architecture": info["architecture"],
-        "n_layer": hf.config.num_hidden_layers,
-        "n_embd": hf.config.hidden_size,
+        "n_layer": n_layer,
+        "n_embd": config.hidden_size,
         "source_sha256": sha,
         "source_file": model.path.name,
         "source_path": str(model.path.resolve()),
-        "precision": "fp32",
+        "precision": precision,
+        **({"quantization": QUANTIZATION} if precision == "int8" else {}),
+        "weights": counts,
         # tokenize as llama.cpp does: it prepends BOS only if the GGUF says so
         "bos_token_id": info["bos_token_id"] if info["bos_token_id"] is not None
         else tokenizer.bos_token_id,
@@ -191,91 +187,16 @@ def export_fp32(model: Model, info: dict, sha: str, out: Path, say) -> None:
         else bool(getattr(tokenizer, "add_bos_token", False)),
         "chat_template": bool(getattr(tokenizer, "chat_template", None)),
         "onnx_bytes": onnx_size(out),
-        "seconds": {"load": round(loaded - started, 1),
-                    "export": round(time.perf_counter() - loaded, 1)},
+        "seconds": {"trace": round(loaded - started, 1),
+                    "weights": round(time.perf_counter() - loaded, 1)},
         "edgeemo_version": __version__,
     })
-    del hf
 
 
 # What "int8" means, recorded in the manifest: an int8 export made another way is made again.
 # Weight-only 8-bit blocks keep the activations in float: the directions read from it are at cosine
 # >= 0.997 to fp32 ones on SmolLM2-135M (dynamic int8, which quantizes activations too: 0.916).
 QUANTIZATION = "matmul-nbits-8bit-block128-int8compute+gather-int8"
-
-
-def quantize_int8(fp32: Path, out: Path, say) -> None:
-    """int8 from the fp32 export: every MatMul's weights in symmetric 8-bit blocks of 128
-    (onnxruntime's MatMulNBits, computing in int8), then the embedding table (Gather) in int8."""
-    require("export", "onnx", "onnx_ir")
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    say("quantizing the fp32 export to int8 (8-bit weight blocks, int8 embedding)")
-    started = time.perf_counter()
-    big = onnx_size(fp32) > 1_800_000_000
-    matmuls = out / f"matmul-{ONNX_NAME}"
-    with quiet_logging():          # the quantizers log every node they skip
-        quantizer = MatMulNBitsQuantizer(gemm_to_matmul(onnx.load(fp32 / ONNX_NAME)), bits=8,
-                                         block_size=128, is_symmetric=True, accuracy_level=4)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(matmuls), use_external_data_format=big)
-        del quantizer
-        quantize_dynamic(matmuls, out / ONNX_NAME, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["Gather"], use_external_data_format=big)
-    for leftover in out.glob("matmul-*"):
-        leftover.unlink()
-    for name in (TOKENIZER, "config.json"):
-        if (fp32 / name).exists():
-            (out / name).write_bytes((fp32 / name).read_bytes())
-    manifest = read_manifest(fp32)
-    manifest.update(precision="int8", quantization=QUANTIZATION, onnx_bytes=onnx_size(out),
-                    seconds={"quantize": round(time.perf_counter() - started, 1)})
-    write_manifest(out, manifest)
-
-
-@contextlib.contextmanager
-def quiet_logging():
-    """Log only errors while the block runs (onnxruntime's quantizers are chatty)."""
-    import logging
-
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-
-
-def gemm_to_matmul(model):
-    """Rewrite each plain ``Gemm(A, W, C)`` with a constant W as ``MatMul(A, W) + C`` (GPT-2's
-    Conv1D layers export as Gemm, which the 8-bit block quantizer does not take). In place."""
-    from onnx import helper, numpy_helper
-
-    weights = {t.name: t for t in model.graph.initializer}
-    nodes = []
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type != "Gemm" or node.input[1] not in weights or attrs.get("transA", 0) \
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
-            nodes.append(node)
-            continue
-        if attrs.get("transB", 0):           # store W transposed, so that MatMul needs no flag
-            w = weights[node.input[1]]
-            w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w).T.copy(), w.name))
-        product = f"{node.name or node.output[0]}/matmul"
-        if len(node.input) > 2 and node.input[2]:
-            nodes.append(helper.make_node("MatMul", node.input[:2], [product],
-                                          name=f"{node.name}_MatMul"))
-            nodes.append(helper.make_node("Add", [product, node.input[2]], list(node.output),
-                                          name=f"{node.name}_Add"))
-        else:
-            nodes.append(helper.make_node("MatMul", node.input[:2], list(node.output),
-                                          name=f"{node.name}_MatMul"))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
 
 
 def current(directory: Path, precision: str) -> bool:
