@@ -833,9 +833,18 @@ def test_invalid_utf8_does_not_end_a_chat(default_gguf):
 
 # --- over-long text: the probe reads the first N tokens ------------------------------------------
 
+@pytest.fixture(scope="session")
+def probe_reference(default_export):
+    """The probe's reference mean, read once before any case's time limit starts (on a fresh
+    store it reads 120 vignettes, which is not what the cases below test)."""
+    from edgeemo import models, probe
+
+    probe.Probe(models.resolve("smollm2-135m-instruct"))
+
+
 @pytest.mark.slow
 def test_the_probe_reads_at_most_the_first_n_tokens(default_export, default_reader,
-                                                    monkeypatch):
+                                                    probe_reference, monkeypatch):
     """A 100,000-character text would ask onnxruntime for gigabytes of attention; the reader
     cuts it and says so (N is 2048 for real; 64 here, to keep the test quick)."""
     from edgeemo import reader

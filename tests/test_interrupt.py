@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeemo import models, store
+from edgeemo import export, models, store
 from edgeemo.vectors import ControlVector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def assert_whole(home: Path) -> None:
         ControlVector.from_gguf(vector)
     for manifest in (home / "exports").rglob("manifest.json"):
         doc = json.loads(manifest.read_text())
-        assert (manifest.parent / "model.onnx").stat().st_size == doc["onnx_bytes"], manifest
+        assert export.onnx_size(manifest.parent) == doc["onnx_bytes"], manifest
 
 
 def kill_at_random(args, make_store, after: set[str], *, seed: int, delays: tuple[float, float],
