@@ -227,6 +227,12 @@ def real_inputs(graph) -> list[str]:
             if i.name in ("input_ids", "attention_mask", "position_ids", "token_type_ids")]
 
 
+def attributes(node) -> dict:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
 def is_transpose(node) -> bool:
     if node.op_type != "Transpose":
         return False
@@ -240,9 +246,7 @@ def matmul_side(node, name: str, consumers: dict) -> bool:
     if node.op_type == "MatMul":
         return node.input[1] == name
     if node.op_type == "Gemm":
-        import onnx
-
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = attributes(node)
         return node.input[1] == name and not attrs.get("transA", 0) \
             and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
     if is_transpose(node):
@@ -264,8 +268,7 @@ def nbits(node, name: str, w: np.ndarray, consumers: dict, replaced: dict, data:
         b = w
         targets = [node]
         if node.op_type == "Gemm":
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            b = w.T if attrs.get("transB", 0) else w
+            b = w.T if attributes(node).get("transB", 0) else w
     packed, scales = block_quantize(np.ascontiguousarray(b, dtype=np.float32))
     k, n = b.shape
     tensors = [data.tensor(f"{name}_Q8", packed), data.tensor(f"{name}_scales", scales)]
@@ -312,8 +315,7 @@ def gather_int8(node, name: str, w: np.ndarray, replaced: dict, data: DataFile):
     replaced[id(node)] = [
         onnx.helper.make_node("Gather", [f"{name}_quantized", node.input[1]], [gathered],
                               name=f"{node.name}_int8",
-                              **{a.name: onnx.helper.get_attribute_value(a)
-                                 for a in node.attribute}),
+                              **attributes(node)),
         onnx.helper.make_node("DequantizeLinear",
                               [gathered, f"{name}_scale", f"{name}_zero_point"],
                               [node.output[0]], name=f"{node.name}_dequantize")]
