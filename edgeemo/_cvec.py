@@ -95,6 +95,13 @@ def apply(llm, buffer: np.ndarray | None, *, il_start: int | None = None,
         llm.reset()
 
 
+def last_logits(llm) -> np.ndarray:
+    """The next-token logits after the last ``llm.eval`` (float64, a copy). llama-cpp-python
+    copies logits into ``Llama.scores`` only with ``logits_all=True``; llama.cpp itself keeps
+    the batch's last token's logits, read here."""
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+
+
 def steered_layers(buffer: np.ndarray, n_embd: int) -> list[int]:
     """The llama.cpp layers (1-based rows of the buffer) that hold something other than zeros."""
     rows = buffer.reshape(-1, n_embd)

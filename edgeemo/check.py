@@ -78,7 +78,6 @@ def layer_effects(llm, *, prompt: str = PROMPT, seed: int = 0,
     _, n_embd, n_layer = _cvec.model_shape(llm)
     layers = list(range(1, n_layer)) if layers is None else layers
     ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
-    n_vocab = llm.n_vocab()
     rng = np.random.default_rng(seed)
     _cvec.apply(llm, None)                     # clears and resets
     llm.eval(ids[:-1])                         # the prefix, unsteered, evaluated once
@@ -87,8 +86,7 @@ def layer_effects(llm, *, prompt: str = PROMPT, seed: int = 0,
         _cvec.apply(llm, buffer, reset=False)
         llm.n_tokens = len(ids) - 1
         llm.eval(ids[-1:])
-        # llama.cpp keeps the logits of the batch's last token (Llama.scores stays empty)
-        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64)
+        return _cvec.last_logits(llm)
 
     base = last_logits(None)
     noise = float(np.abs(last_logits(None) - base).max())

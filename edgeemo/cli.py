@@ -56,14 +56,16 @@ def models_command(json_):
     if json_:
         print_json({"store": str(models.store.home()), "models": rows})
         return
-    click.echo(f"{'name':24} {'family':10} {'arch':8} {'kind':9} {'layers':>6} {'source':12} status")
+    width = max(len(r["name"]) for r in rows) + 2
+    click.echo(f"{'name':{width}} {'family':10} {'arch':8} {'kind':9} {'layers':>6} {'source':12} "
+               f"status")
     for r in rows:
         status = "present" if r["present"] else "-"
         if r["exports"]:
             status += " (onnx: " + ", ".join(r["exports"]) + ")"
         source = "pypi" if r["offline"] else "hub (online)"
         name = r["name"] + (" *" if r["default"] else "")
-        click.echo(f"{name:24} {r['family']:10} {r['architecture']:8} {r['kind']:9} "
+        click.echo(f"{name:{width}} {r['family']:10} {r['architecture']:8} {r['kind']:9} "
                    f"{r['n_layer']:>6} {source:12} {status}")
     click.echo(f"\n* default model. Store: {models.store.home()}", err=True)
 

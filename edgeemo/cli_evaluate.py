@@ -15,7 +15,7 @@ from .cli_common import (Progress, emotion_list, load_runtime, model_argument, s
                          threads_option)
 from .errors import EdgeemoError, require
 
-DEFAULT_JUDGES = "reader-smollm2,reader-gemma3,lexicon"
+DEFAULT_JUDGES = "llm"
 
 
 def _strengths(spec: str, *, recommended: bool = False) -> list[float | None]:
@@ -56,14 +56,21 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True,
 @click.option("--strengths", "strength_spec", default="0.04,0.08", show_default=True,
               help="Strengths to try (fractions of the residual norm), comma-separated; "
                    "'recommended' = each vector's own (calibrated) strength.")
-@click.option("--scenarios", "scenario_spec", default="8", show_default=True,
-              help="A number of prompts (spread over the kinds) or comma-separated ids, or all.")
+@click.option("--scenarios", "scenario_spec", default="held-out", show_default=True,
+              help="held-out: the 12 everyday requests that calibration never sees; a number "
+                   "of prompts (spread over the kinds), comma-separated ids, or all.")
+@click.option("--margin-prompts", "margin_spec", default="calibration", show_default=True,
+              help="Where the measured judges' margins come from: calibration (two unsteered "
+                   "replies to each of the 8 calibration requests, never judged), judged (the "
+                   "judged prompts' own chance replies), or comma-separated ids.")
 @click.option("--prompts", "pool", type=click.Choice(["requests", "scenarios"]),
               default="requests", show_default=True,
               help="requests: everyday requests to an assistant (none is in the dialogue data); "
                    "scenarios: statements, openings and story starts.")
 @click.option("--judges", "judge_spec", default=DEFAULT_JUDGES, show_default=True,
-              help="Comma-separated: reader-smollm2, reader-gemma3 (held-out readers of two "
+              help="Comma-separated: llm (an instruction-tuned chat model of another family "
+                   "reads each reply's text and names its tone; see --judge-model), "
+                   "reader-smollm2, reader-gemma3 (held-out readers of two "
                    "model families), tone-smollm2, tone-gemma3 (readers of tone, made from "
                    "the dialogue replies: not independent of dialogue vectors), lexicon "
                    "(Empath, VADER), probe (the model's own readout with the evaluated vectors: "
@@ -76,28 +83,34 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True,
 @click.option("--vectors", "vector_dir", type=click.Path(exists=True, file_okay=False),
               help="Evaluate the <emotion>.gguf files in this directory instead of the store's "
                    "or the prebuilt ones.")
-@seed_option
+@click.option("--judge-model", default=None,
+              help="The llm judge's model (a name from `edgeemo models`); default: "
+                   "qwen2.5-coder-1.5b-instruct, or the next one when that is the model steered.")
+@click.option("--seeds", "seed_spec", default="0", show_default=True,
+              help="Sampling seeds, comma-separated: one run per seed, each with its own "
+                   "unsteered replies (figures for a release use 0,1,2).")
 @click.option("--max-tokens", type=click.IntRange(1, 512), default=60, show_default=True)
 @click.option("--json", "json_", is_flag=True, help="Print the whole result as one JSON document.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
               help="Write result.json, report.md and plots to this directory.")
 @threads_option
-def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, pool, judge_spec,
-                     on_task, steer_prompt, vector_dir, seed, max_tokens, json_, report_dir,
-                     threads):
+def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, margin_spec, pool,
+                     judge_spec, on_task, steer_prompt, vector_dir, judge_model, seed_spec,
+                     max_tokens, json_, report_dir, threads):
     """Measure steering: success per judge, on-task, identification, regimes, language drift.
 
     \b
-    Every prompt is answered once unsteered, twice (seeds s and s+1) for the chance level, then
-    once per emotion × strength with seed s. A steered reply succeeds for a judge when it moved
-    toward the emotion beyond the judge's margin (the 90th percentile of two unsteered replies'
-    difference), stays on task and does not collapse. Regimes: surgical (fluent), repetitive
-    (loops), explosive (breaks apart).
+    For each seed s, every prompt is answered once unsteered, twice (seeds s and s+1) for the
+    chance level, then once per emotion × strength with seed s. A steered reply succeeds for a
+    judge when it moved toward the emotion beyond the judge's margin (the 90th percentile of
+    the difference between two unsteered replies to the calibration requests), stays on task
+    and does not collapse. Every rate comes with a 95% interval over prompts. Regimes:
+    surgical (fluent), repetitive (loops), explosive (breaks apart).
 
     \b
     Examples:
       edgeemo evaluate --emotions afraid,happy --strengths 0.04,0.08 --scenarios 4
-      edgeemo evaluate --emotions all --strengths recommended --scenarios all --report eval-report
+      edgeemo evaluate --strengths recommended --seeds 0,1,2 --report eval-report
     """
     require("eval", "empath", "vaderSentiment", "matplotlib")
     from .evaluation import evaluate as ev
@@ -110,15 +123,17 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, pool, ju
     unknown = [j for j in judges if j not in JUDGES]
     if unknown or not judges:
         raise EdgeemoError(f"unknown judge '{', '.join(unknown)}': choose from {', '.join(JUDGES)}")
-    scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec,
-                                    pool=pool)
-    runtime = load_runtime(model, seed, threads)
+    seeds = _seeds(seed_spec)
+    scenarios, margin_scenarios = ev.prompt_sets(scenario_spec, margin_spec, pool=pool)
+    runtime = load_runtime(model, seeds[0], threads)
     if vector_dir:
         use_vectors(runtime, names, vector_dir)
     say(f"{len(names)} emotions × {len(strengths)} strengths × {len(scenarios)} prompts "
         f"= {len(names) * len(strengths) * len(scenarios)} steered replies")
-    result = ev.evaluate(runtime, names, strengths, scenarios, seed=seed, max_tokens=max_tokens,
+    result = ev.evaluate(runtime, names, strengths, scenarios, seeds=seeds,
+                         margin_scenarios=margin_scenarios, max_tokens=max_tokens,
                          judges=judges, on_task=on_task, steer_prompt=steer_prompt,
+                         judge_options={"llm": {"judge_model": judge_model}},
                          progress=Progress())
     for judge, shared in result["settings"]["judges_sharing_data"].items():
         say(f"note: {judge} is made from the same data as the {', '.join(shared)} vector(s): "
@@ -130,6 +145,16 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, pool, ju
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
         return
     print_summary(result)
+
+
+def _seeds(spec: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise EdgeemoError(f"bad --seeds '{spec}': give whole numbers like 0,1,2") from None
+    if not seeds or any(not 0 <= s < 2**32 - 1 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise EdgeemoError(f"bad --seeds '{spec}': give distinct whole numbers from 0, like 0,1,2")
+    return seeds
 
 
 def use_vectors(runtime, names: list[str], directory) -> None:
@@ -170,16 +195,35 @@ def print_summary(result: dict) -> None:
                f"language drift in {sm['drift']['steered']} of {sm['n_samples']} replies; "
                f"{result['timing']['total_seconds']:.0f} s")
     chat = sm.get("chat") or {}
+    ci = chat.get("intervals", {})
+    for judge, model in st.get("judge_models", {}).items():
+        click.echo(f"judge {judge}: {model}; margin {st['margins'].get(judge, '-')}, measured on "
+                   f"{'the calibration requests' if st.get('margin_scenarios') else 'the judged prompts'}")
+    click.echo(f"{chat.get('prompts', '-')} prompts × {len(chat.get('seeds', [])) or 1} seed(s); "
+               f"[95% intervals over prompts]")
     if chat.get("on_task") is not None:
-        click.echo(f"on task {_pct(chat['on_task'])} (unsteered {_pct(chat['on_task_unsteered'])}); "
-                   f"coherent {_pct(chat['coherent'])}")
+        click.echo(f"on task {_pct(chat['on_task'])} {_ci(ci.get('on_task'))} (unsteered "
+                   f"{_pct(chat['on_task_unsteered'])}); coherent {_pct(chat['coherent'])} "
+                   f"{_ci(ci.get('coherent'))}")
+    for j, v in chat.get("on_task_by", {}).items():
+        click.echo(f"on task by {j}: {_pct(v['on_task'])} {_ci(ci.get(f'on_task {j}'))} "
+                   f"(unsteered {_pct(v['unsteered'])}; agrees with the embedding check on "
+                   f"{_pct(v['agreement'])})")
     if chat.get("success"):
         click.echo("success = moved, on task and coherent: " + ", ".join(
-            f"{j} {_pct(v)}" for j, v in chat["success"].items()))
+            f"{j} {_pct(v)} {_ci(ci.get(f'success {j}'))}" for j, v in chat["success"].items()))
+    if chat.get("top_emotion"):
+        click.echo("the judge's first choice is the target: " + ", ".join(
+            f"{j} {_pct(v['top1'])} {_ci(ci.get(f'top_emotion {j}'))} (chance {_pct(v['chance'])})"
+            for j, v in chat["top_emotion"].items()))
     if chat.get("identification"):
         click.echo("identification among the emotions' replies to each prompt: " + ", ".join(
-            f"{j} {_pct(v['top1'])} (chance {_pct(v['chance'])})"
-            for j, v in chat["identification"].items()))
+            f"{j} {_pct(v['top1'])} {_ci(ci.get(f'identification {j}'))} (chance "
+            f"{_pct(v['chance'])})" for j, v in chat["identification"].items()))
+
+
+def _ci(pair) -> str:
+    return "" if not pair else f"[{_pct(pair[0])}–{_pct(pair[1])}]"
 
 
 def _verify_scenarios(spec: str, used: list[str], pool: str = "scenarios") -> list[dict]:

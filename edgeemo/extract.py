@@ -218,10 +218,14 @@ def generation(runtime, reader: HiddenStateReader, labels: list[str] | None = No
 
 def activations(model: models.Model, method: str = "generation", *,
                 texts: dict[str, list[str]] | list[dict] | None = None, labels: Sequence[str] | None = None,
-                pooling: str = "mean", precision: str = "fp32", seed: int = 0, stories: int = 6,
-                progress: Callable | None = None, say: Callable | None = None) -> Activations:
+                pooling: str = "mean", precision: str | None = None, seed: int = 0,
+                stories: int = 6, progress: Callable | None = None,
+                say: Callable | None = None) -> Activations:
     """Activations of ``model`` by ``method``, from the store's cache when the same inputs were
     seen before (the ONNX export is made if missing; stories are written if missing).
+
+    ``precision``: the export read; None reads the one the store has (fp32 first: the int8
+    export's directions are at cosine >= 0.997 to it), and exports fp32 when there is none.
 
     ``texts``: for comprehension, emotion -> texts to read, neutral included (default the shipped
     vignettes); for dialogue, ``{"request", "emotion", "text"}`` rows (default the shipped ones). ``labels`` (generation only): the emotions or concepts to write stories
@@ -239,6 +243,9 @@ def activations(model: models.Model, method: str = "generation", *,
         raise EdgeemoError(f"the {method} method reads texts, not labels: give texts "
                            f"(--stimuli FILE.jsonl) or use the generation method")
     say = say or (lambda msg: None)
+    if precision is None:
+        cached = [p.name for p in export.exports(model)]
+        precision = "int8" if cached == ["int8"] else "fp32"
     if method == "generation":
         labels = list(dict.fromkeys([*(labels or emotions.EMOTIONS), emotions.NEUTRAL]))
     key = {"method": method, "pooling": pooling, "precision": precision, "version": __version__,

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeemoError
-from .evaluate import _load_runtime, evaluate, select_scenarios
+from .evaluate import CALIBRATION_REQUESTS, _load_runtime, evaluate, select_scenarios
 from .report import strength_key
 
 CALIBRATION_STRENGTHS = (0.03, 0.05, 0.08, 0.12, 0.16)
-CALIBRATION_SCENARIOS = 8          # two per kind
+CALIBRATION_SCENARIOS = CALIBRATION_REQUESTS          # two per kind
 SURGICAL_WINDOW = 0.8              # a strength is usable when at least this share is surgical
 VERIFY_SCENARIOS = 8               # other scenarios the chosen strength must also stay surgical on
 # judge="readers": a strength is usable when at least these shares of its replies still answer

@@ -27,7 +27,6 @@ Everything is seeded: the same model, vectors, settings and seed give the same n
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 
 from .. import emotions as emotions_mod
@@ -35,13 +34,15 @@ from ..errors import EdgeemoError
 from .judges import EMPATH_MAP, JUDGES, MARGINS
 from .ontask import ON_TASK_THRESHOLD
 from .regimes import (BLANK_EXPLOSIVE, DISTINCT2_REPETITIVE, NONWORD_EXPLOSIVE,
-                      PPL_RATIO_EXPLOSIVE, REGIMES, REPEAT3_REPETITIVE, Scorer, language_drift,
+                      PPL_RATIO_EXPLOSIVE, REPEAT3_REPETITIVE, Scorer, language_drift,
                       regime, text_features)
 from .report import strength_key, write_report
+from .summary import chat_summary, row_key, summarize
 
 # write_report is here too so that one import gives the whole evaluation; listing it tells
 # linters the import is meant.
-__all__ = ["add_judges", "evaluate", "rejudge", "select_scenarios", "strength_key", "summarize", "write_report"]
+__all__ = ["add_judges", "chat_summary", "evaluate", "rejudge", "select_scenarios",
+           "strength_key", "summarize", "write_report"]
 
 
 # --- scenarios ------------------------------------------------------------------------------------
@@ -87,21 +88,35 @@ def select_scenarios(spec: int | str | Sequence[str] | None = None, *,
     return [known[i] for i in ids]
 
 
+CALIBRATION_REQUESTS = 8          # calibration's everyday requests: two per kind, never judged
+
+
+def prompt_sets(spec: str = "held-out", margin_spec: str = "calibration", *,
+                pool: str = "requests") -> tuple[list[dict], list[dict]]:
+    """The prompts to judge and the prompts the judges' margins are measured on.
+
+    ``spec``: "held-out" (the everyday requests calibration never sees: 12 of the 20; for the
+    "scenarios" pool, 8 scenarios), "all", a number or ids (:func:`select_scenarios`).
+    ``margin_spec``: "calibration" (the calibration requests that are not judged; none left:
+    the judged prompts' own chance replies give the margins), "judged" (those chance replies),
+    or ids.
+    """
+    calibration = select_scenarios(CALIBRATION_REQUESTS, pool="requests")
+    spec, margin_spec = spec.strip(), margin_spec.strip()
+    if spec == "held-out":
+        scenarios = (select_scenarios(exclude=[s["id"] for s in calibration], pool=pool)
+                     if pool == "requests" else select_scenarios(CALIBRATION_REQUESTS, pool=pool))
+    else:
+        scenarios = select_scenarios(None if spec == "all" else spec, pool=pool)
+    judged = {s["id"] for s in scenarios}
+    if margin_spec == "judged":
+        return scenarios, []
+    if margin_spec == "calibration":
+        return scenarios, [s for s in calibration if s["id"] not in judged]
+    return scenarios, select_scenarios(margin_spec, pool=pool)
+
+
 # --- the evaluation -------------------------------------------------------------------------------
-
-def _setting(sample: dict) -> str:
-    """The strength setting a sample was made under (older results lack "setting")."""
-    return sample.get("setting") or strength_key(sample["strength"])
-
-
-def _rate(flags: list[bool]) -> float | None:
-    return round(sum(flags) / len(flags), 4) if flags else None
-
-
-def _shares(labels: list[str]) -> dict[str, float]:
-    counts = Counter(labels)
-    return {r: round(counts[r] / len(labels), 4) if labels else 0.0 for r in REGIMES}
-
 
 def _load_runtime(model, seed: int, threads: int | None = None):
     from ..steer import EmotionModel
@@ -136,11 +151,13 @@ class _Replies:
 
 
 def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
-             scenarios: Sequence[dict] | None = None, *, seed: int = 0, max_tokens: int = 60,
+             scenarios: Sequence[dict] | None = None, *, seed: int = 0,
+             seeds: Sequence[int] | None = None, margin_scenarios: Sequence[dict] | None = None,
+             max_tokens: int = 60,
              temperature: float = 0.7, use_probe: bool = True, chance: bool = True,
              threads: int | None = None, baseline: Sequence[dict] | None = None,
              judges: Sequence[str] | None = None, on_task: bool = False,
-             steer_prompt: bool = False,
+             steer_prompt: bool = False, judge_options: dict[str, dict] | None = None,
              progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Steer ``model`` with each emotion at each strength on each scenario; judge every reply.
 
@@ -157,8 +174,16 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
     unsteered again. ``judges``: names from ``judges.JUDGES`` (default lexicon, and probe when
     ``use_probe``). ``on_task``: check with an independent embedding model that each reply still
     answers its prompt (``ontask.py``); success in ``summary["chat"]`` then needs it.
-    ``steer_prompt``: steer the prompt's tokens too, not only the reply's. Returns one JSON-ready dict: settings, the baseline replies, the chance
-    replies, every sample, and a ``summary`` of the aggregates.
+    ``steer_prompt``: steer the prompt's tokens too, not only the reply's. ``judge_options``:
+    keyword arguments for a judge by name (``{"llm": {"judge_model": ...}}``; None values are
+    left out).
+    ``seeds``: several runs, one per seed (each with its own baseline and chance replies; a
+    reply is always compared with the baseline of its own run); ``seed`` alone is one run.
+    ``margin_scenarios``: prompts (never the judged ones) answered twice unsteered per run
+    (seeds s and s + 1); the measured margins of the judges that measure theirs come from these
+    pairs instead of the judged prompts' chance replies, so no margin is fixed on the replies it
+    judges. Returns one JSON-ready dict: settings, the baseline replies, the chance
+    replies, the margin pairs, every sample, and a ``summary`` of the aggregates.
     """
     from ..vectors import check_strength
 
@@ -170,6 +195,14 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
     scenarios = list(scenarios) if scenarios is not None else select_scenarios()
     if not scenarios:
         raise EdgeemoError("give at least one scenario to evaluate on")
+    runs = [seed] if seeds is None else list(dict.fromkeys(seeds))
+    if not runs:
+        raise EdgeemoError("give at least one seed")
+    margin_scenarios = list(margin_scenarios or [])
+    overlap = {s["id"] for s in margin_scenarios} & {s["id"] for s in scenarios}
+    if overlap:
+        raise EdgeemoError(f"the margin prompts must not be judged: {', '.join(sorted(overlap))} "
+                           f"are in both")
     judge_names = list(judges) if judges is not None else \
         (["lexicon", "probe"] if use_probe else ["lexicon"])
     unknown = [j for j in judge_names if j not in JUDGES]
@@ -183,18 +216,28 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
             if method and getattr(JUDGES[j], "shares_data_with", None) == method:
                 shared.setdefault(j, []).append(name)
     scorer = Scorer(runtime.model.path, threads=runtime.llm.n_threads)   # same as the runtime's
-    reply = _Replies(runtime, scenarios, seed=seed, max_tokens=max_tokens, temperature=temperature,
-                     steer_prompt=steer_prompt)
+    reply = _Replies(runtime, [*scenarios, *margin_scenarios], seed=seed, max_tokens=max_tokens,
+                     temperature=temperature, steer_prompt=steer_prompt)
 
     runtime.clear()
-    base = _baseline(reply, scenarios, scorer, baseline, progress)
-    reference = _chance(reply, scenarios, seed, progress) if chance else {}
-    samples, recommended = _steered(reply, names, strengths, scenarios, base, scorer, progress)
+    base = _baseline(reply, scenarios, runs, scorer, baseline, progress)
+    reference = _chance(reply, scenarios, runs, progress) if chance else {}
+    pairs = _margin_pairs(reply, margin_scenarios, runs, progress)
+    samples, recommended = _steered(reply, names, strengths, scenarios, runs, base, scorer,
+                                    progress)
 
     t0 = time.perf_counter()
+    judge_notes = {}
     for judge_name in judge_names:
-        judge = JUDGES[judge_name](runtime.model, names)
+        options = {k: v for k, v in (judge_options or {}).get(judge_name, {}).items()
+                   if v is not None}
+        judge = JUDGES[judge_name](runtime.model, names, **options)
+        if getattr(judge, "description", None):
+            judge_notes[judge_name] = judge.description
         _judge(judge, names, base, samples, reference, progress)
+        _judge_pairs(judge, pairs)
+        if on_task and hasattr(judge, "on_task"):
+            _judge_on_task(judge, scenarios, samples, reference, progress)
     if on_task:
         _on_task(scenarios, base, samples, reference, progress)
     judge_seconds = time.perf_counter() - t0
@@ -202,11 +245,12 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
     settings = {
         "model": runtime.model.name, "emotions": names,
         "strengths": strengths, "recommended_strengths": recommended,
-        "scenarios": [s["id"] for s in scenarios], "seed": seed,
+        "scenarios": [s["id"] for s in scenarios], "seed": runs[0], "seeds": runs,
+        "margin_scenarios": [s["id"] for s in margin_scenarios],
         "max_tokens": max_tokens, "temperature": temperature, "judges": judge_names,
         "threads": runtime.llm.n_threads, "on_task": on_task, "steer_prompt": steer_prompt,
         "on_task_threshold": ON_TASK_THRESHOLD,
-        "judges_sharing_data": shared,
+        "judges_sharing_data": shared, "judge_models": judge_notes,
         "margins": dict(MARGINS),
         "thresholds": {"repeat3_repetitive": REPEAT3_REPETITIVE,
                        "distinct2_repetitive": DISTINCT2_REPETITIVE,
@@ -217,7 +261,7 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
         "lexicon_valence_only": [e for e in names if e not in EMPATH_MAP],
     }
     result = {"settings": settings, "baseline": list(base.values()),
-              "chance": list(reference.values()), "samples": samples}
+              "chance": list(reference.values()), "margin_pairs": pairs, "samples": samples}
     rejudge(result)
     elapsed = time.perf_counter() - started
     result["timing"] = {
@@ -231,44 +275,70 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
     return result
 
 
-def _baseline(reply: _Replies, scenarios, scorer, given, progress) -> dict[str, dict]:
-    """Each scenario answered once, unsteered, with the samples' seed (or an earlier run's)."""
-    given = {b["scenario"]: b for b in given or []}
-    if given and any(s["id"] not in given for s in scenarios):
+def _baseline(reply: _Replies, scenarios, runs, scorer, given, progress) -> dict[tuple, dict]:
+    """Each scenario answered once per run, unsteered, with the run's seed (or an earlier
+    result's baseline rows)."""
+    given = {row_key(b): b for b in given or []}
+    wanted = [(s, run) for run in runs for s in scenarios]
+    if given and any((s["id"], run) not in given for s, run in wanted):
         raise EdgeemoError("the baseline given to evaluate() lacks some of its scenarios")
-    out: dict[str, dict] = {}
-    for i, scenario in enumerate(scenarios):
+    out: dict[tuple, dict] = {}
+    for i, (scenario, run) in enumerate(wanted):
+        key = (scenario["id"], run)
         if given:        # judge scores other than the model-free lexicon are read again
-            out[scenario["id"]] = {k: v for k, v in given[scenario["id"]].items()
-                                   if k not in JUDGES or k == "lexicon"}
+            out[key] = {k: v for k, v in given[key].items() if k not in JUDGES or k == "lexicon"}
             continue
-        r = reply(scenario)
+        r = reply(scenario, run)
         features = text_features(r["text"], r["text"], reply.prompts[scenario["id"]], scorer)
-        out[scenario["id"]] = {
-            "scenario": scenario["id"], "kind": scenario["kind"], "prompt": scenario["prompt"],
-            **r, "features": features, "regime": regime(features),
+        out[key] = {
+            "scenario": scenario["id"], "run": run, "kind": scenario["kind"],
+            "prompt": scenario["prompt"], **r, "features": features, "regime": regime(features),
             "drift": language_drift(scenario["prompt"], r["text"]),
         }
         if progress:
-            progress("baseline", i + 1, len(scenarios))
+            progress("baseline", i + 1, len(wanted))
     return out
 
 
-def _chance(reply: _Replies, scenarios, seed: int, progress) -> dict[str, dict]:
-    """A second unsteered reply (seed + 1) per scenario, judged later as if it had been steered:
-    how often the judges "succeed" with no steering at all."""
+def _chance(reply: _Replies, scenarios, runs, progress) -> dict[tuple, dict]:
+    """A second unsteered reply (seed + 1) per scenario and run, judged later as if it had been
+    steered: how often the judges "succeed" with no steering at all."""
     out = {}
-    for i, scenario in enumerate(scenarios):
-        r = reply(scenario, seed + 1)
-        out[scenario["id"]] = {"scenario": scenario["id"], "seed": seed + 1, "text": r["text"],
-                               "tokens": r["tokens"]}
+    wanted = [(s, run) for run in runs for s in scenarios]
+    for i, (scenario, run) in enumerate(wanted):
+        r = reply(scenario, run + 1)
+        out[scenario["id"], run] = {"scenario": scenario["id"], "run": run, "seed": run + 1,
+                                    "text": r["text"], "tokens": r["tokens"]}
         if progress:
-            progress("chance", i + 1, len(scenarios))
+            progress("chance", i + 1, len(wanted))
     return out
 
 
-def _steered(reply: _Replies, names, strengths, scenarios, base, scorer, progress):
-    """Every emotion × strength × scenario reply, with its regime and drift (judged later)."""
+def _margin_pairs(reply: _Replies, scenarios, runs, progress) -> list[dict]:
+    """Two unsteered replies (seeds s and s + 1) to each margin prompt, per run."""
+    out = []
+    wanted = [(s, run) for run in runs for s in scenarios]
+    for i, (scenario, run) in enumerate(wanted):
+        a, b = reply(scenario, run), reply(scenario, run + 1)
+        out.append({"scenario": scenario["id"], "run": run, "texts": [a["text"], b["text"]]})
+        if progress:
+            progress("margin pairs", i + 1, len(wanted))
+    return out
+
+
+def _judge_pairs(judge, pairs: list[dict]) -> None:
+    """A judge's scores of both replies of each margin pair (judges that measure a margin)."""
+    if not pairs or not getattr(judge, "chance_margin", False):
+        return
+    scores = judge.read([t for p in pairs for t in p["texts"]])
+    for i, p in enumerate(pairs):
+        p.setdefault("scores", {})[judge.name] = [judge.stored(scores[2 * i]),
+                                                  judge.stored(scores[2 * i + 1])]
+
+
+def _steered(reply: _Replies, names, strengths, scenarios, runs, base, scorer, progress):
+    """Every emotion × strength × run × scenario reply, with its regime and drift (judged
+    later)."""
     runtime = reply.runtime
     samples: list[dict] = []
     recommended: dict[str, float | None] = {}
@@ -278,19 +348,20 @@ def _steered(reply: _Replies, names, strengths, scenarios, base, scorer, progres
                 applied = runtime.steer({name: strength})[name]
                 recommended[name] = runtime.vector(name).metadata.get("strength")
                 label = f"{name} {strength_key(applied)}"
-                for i, scenario in enumerate(scenarios):
-                    r = reply(scenario)
-                    features = text_features(r["text"], base[scenario["id"]]["text"],
+                wanted = [(s, run) for run in runs for s in scenarios]
+                for i, (scenario, run) in enumerate(wanted):
+                    r = reply(scenario, run)
+                    features = text_features(r["text"], base[scenario["id"], run]["text"],
                                              reply.prompts[scenario["id"]], scorer)
                     samples.append({
                         "emotion": name, "strength": applied,
                         "setting": strength_key(strength), "scenario": scenario["id"],
-                        "kind": scenario["kind"], **r, "features": features,
+                        "run": run, "kind": scenario["kind"], **r, "features": features,
                         "regime": regime(features),
                         "drift": language_drift(scenario["prompt"], r["text"]), "judges": {},
                     })
                     if progress:
-                        progress(label, i + 1, len(scenarios))
+                        progress(label, i + 1, len(wanted))
     finally:
         runtime.clear()
     return samples, recommended
@@ -304,7 +375,7 @@ def _judge(judge, names, baseline: dict, samples: list[dict], reference: dict, p
     steered = judge.read([s["text"] for s in samples])
     for n, (sample, scores) in enumerate(zip(samples, steered)):
         sample["judges"][judge.name] = judge.verdict(
-            sample["emotion"], scores, baseline[sample["scenario"]][judge.name])
+            sample["emotion"], scores, baseline[row_key(sample)][judge.name])
         if progress and judge.name != "lexicon":
             progress(judge.name, n + 1, len(samples))
     refs = list(reference)
@@ -321,11 +392,25 @@ def _on_task(scenarios, baseline: dict, samples: list[dict], reference: dict, pr
     if progress:
         progress("on-task", 0, len(rows))
     checked = on_task_scores([prompts[r["scenario"]] for r in rows], [r["text"] for r in rows],
-                             [baseline[r["scenario"]]["text"] for r in rows])
+                             [baseline[row_key(r)]["text"] for r in rows])
     for row, verdict in zip(rows, checked):
-        row["on_task"] = verdict
+        row["on_task"] = {**row.get("on_task", {}), **verdict}
     if progress:
         progress("on-task", len(rows), len(rows))
+
+
+def _judge_on_task(judge, scenarios, samples: list[dict], reference: dict, progress) -> None:
+    """A judge that can say whether a reply answers its request (the LLM judge): its P(yes),
+    kept beside the embedding check as ``on_task[<judge>]``."""
+    prompts = {s["id"]: s["prompt"] for s in scenarios}
+    rows = [*samples, *reference.values()]
+    if progress:
+        progress(f"on-task ({judge.name})", 0, len(rows))
+    yes = judge.on_task([prompts[r["scenario"]] for r in rows], [r["text"] for r in rows])
+    for row, p in zip(rows, yes):
+        row.setdefault("on_task", {})[judge.name] = round(p, 4)
+    if progress:
+        progress(f"on-task ({judge.name})", len(rows), len(rows))
 
 
 def rejudge(result: dict) -> dict:
@@ -353,9 +438,9 @@ def rejudge(result: dict) -> dict:
                                       and verdict["delta"] >= margin - 1e-12)
     for base in result["baseline"]:
         base["regime"] = regime(base["features"])
-    baseline = {b["scenario"]: b for b in result["baseline"]}
+    baseline = {row_key(b): b for b in result["baseline"]}
     for ref in result.get("chance", []):
-        base = baseline[ref["scenario"]]
+        base = baseline[row_key(ref)]
         said = bool(ref["text"].strip())
         ref["judges"] = {}
         for name in result["settings"]["judges"]:
@@ -379,131 +464,40 @@ def add_judges(result: dict, judge_names: Sequence[str], progress=None) -> dict:
     if unknown:
         raise EdgeemoError(f"unknown judge {', '.join(unknown)}: choose from {', '.join(JUDGES)}")
     names = result["settings"]["emotions"]
-    baseline = {b["scenario"]: b for b in result["baseline"]}
-    reference = {c["scenario"]: c for c in result.get("chance", [])}
+    baseline = {row_key(b): b for b in result["baseline"]}
+    reference = {row_key(c): c for c in result.get("chance", [])}
     for name in judge_names:
         model = models.resolve(result["settings"]["model"]) if name == "probe" else None
         for row in [*baseline.values(), *reference.values()]:
             row.pop(name, None)                     # read again, with the judge as it is now
-        _judge(JUDGES[name](model, names), names, baseline, result["samples"], reference,
-               progress)
+        judge = JUDGES[name](model, names)
+        _judge(judge, names, baseline, result["samples"], reference, progress)
+        _judge_pairs(judge, result.get("margin_pairs", []))
         if name not in result["settings"]["judges"]:
             result["settings"]["judges"].append(name)
     return rejudge(result)
 
 
 def _measured_margins(result: dict) -> dict[str, float]:
-    """Margins of the judges that measure theirs (``chance_margin``): from the chance replies."""
+    """Margins of the judges that measure theirs (``chance_margin``): from the margin pairs when
+    the result has them (prompts that are not judged), else from the judged prompts' chance
+    replies."""
     from .judges import chance_margin
 
-    baseline = {b["scenario"]: b for b in result["baseline"]}
+    baseline = {row_key(b): b for b in result["baseline"]}
+    emotions = result["settings"]["emotions"]
+    pairs = result.get("margin_pairs") or []
     out = {}
     for name in result["settings"]["judges"]:
         if not getattr(JUDGES[name], "chance_margin", False):
             continue
-        deltas = [ref[name][e] - baseline[ref["scenario"]][name][e]
-                  for ref in result.get("chance", [])
-                  if ref.get(name) and baseline[ref["scenario"]].get(name)
-                  for e in result["settings"]["emotions"]]
+        if pairs:
+            deltas = [b[e] - a[e] for p in pairs
+                      for a, b in [p.get("scores", {}).get(name) or (None, None)]
+                      if a and b for e in emotions]
+        else:
+            deltas = [ref[name][e] - baseline[row_key(ref)][name][e]
+                      for ref in result.get("chance", [])
+                      if ref.get(name) and baseline[row_key(ref)].get(name) for e in emotions]
         out[name] = chance_margin(deltas)
     return out
-
-
-def chat_summary(result: dict) -> dict:
-    """What a chat user meets: per judge, success = moved beyond the judge's margin AND on task
-    AND not collapsed (surgical); on-task rates steered and unsteered; identification = for each
-    prompt and setting, is the target's own reply the one of the replies steered toward each
-    emotion that scores highest for the target (top-1; chance 1 / number of emotions)."""
-    samples = result["samples"]
-    names = result["settings"]["emotions"]
-    has_task = bool(samples) and all("on_task" in s for s in samples)
-    refs = result.get("chance", [])
-    out: dict = {
-        "on_task": _rate([s["on_task"]["on_task"] for s in samples]) if has_task else None,
-        "on_task_unsteered": _rate([r["on_task"]["on_task"] for r in refs if "on_task" in r])
-        if has_task else None,
-        "coherent": _rate([s["regime"] == "surgical" for s in samples]),
-        "success": {}, "moved": {}, "identification": {}, "per_emotion": {}, "cells": {},
-    }
-
-    def ok(s, judge):
-        return (s["judges"][judge]["success"] and s["regime"] == "surgical"
-                and (not has_task or s["on_task"]["on_task"]))
-
-    keys = [strength_key(x) for x in result["settings"]["strengths"]]
-    for e in names:
-        out["cells"][e] = {}
-        for k in keys:
-            cell = [s for s in samples if s["emotion"] == e and _setting(s) == k]
-            out["cells"][e][k] = {
-                "on_task": _rate([s["on_task"]["on_task"] for s in cell]) if has_task else None,
-                "coherent": _rate([s["regime"] == "surgical" for s in cell]),
-                "success": {j: _rate([ok(s, j) for s in cell])
-                            for j in result["settings"]["judges"]}}
-    for judge in result["settings"]["judges"]:
-        out["moved"][judge] = _rate([s["judges"][judge]["success"] for s in samples])
-        out["success"][judge] = _rate([ok(s, judge) for s in samples])
-        out["per_emotion"][judge] = {e: _rate([ok(s, judge) for s in samples if s["emotion"] == e])
-                                     for e in names}
-        if len(names) < 2 or not all(s["judges"][judge].get("scores") for s in samples):
-            continue
-        groups: dict[tuple, dict] = {}
-        for s in samples:
-            groups.setdefault((s["scenario"], _setting(s)), {})[s["emotion"]] = s
-        hits = []
-        for group in groups.values():
-            for e, s in group.items():
-                best = max(group.values(), key=lambda r: r["judges"][judge]["scores"][e])
-                hits.append(best is s)
-        out["identification"][judge] = {"top1": _rate(hits), "chance": round(1 / len(names), 4),
-                                        "n": len(hits)}
-    return out
-
-
-def summarize(result: dict) -> dict:
-    """Aggregates of an evaluation: success per judge, regime shares, drift."""
-    samples = result["samples"]
-    judges = result["settings"]["judges"]
-    names = result["settings"]["emotions"]
-    keys = [strength_key(s) for s in result["settings"]["strengths"]]
-
-    def where(**match):
-        return [s for s in samples if all(
-            (_setting(s) if k == "strength" else s[k]) == v for k, v in match.items())]
-
-    success = {}
-    for judge in judges:
-        ok = lambda rows: _rate([r["judges"][judge]["success"] for r in rows])  # noqa: E731
-        success[judge] = {
-            "overall": ok(samples),
-            "per_emotion": {e: ok(where(emotion=e)) for e in names},
-            "per_strength": {k: ok(where(strength=k)) for k in keys},
-            "cells": {e: {k: ok(where(emotion=e, strength=k)) for k in keys} for e in names},
-            "surgical_among_successes": _rate([r["regime"] == "surgical" for r in samples
-                                               if r["judges"][judge]["success"]]),
-        }
-    regimes = {
-        "overall": _shares([s["regime"] for s in samples]),
-        "per_emotion": {e: _shares([s["regime"] for s in where(emotion=e)]) for e in names},
-        "per_strength": {k: _shares([s["regime"] for s in where(strength=k)]) for k in keys},
-        "cells": {e: {k: _shares([s["regime"] for s in where(emotion=e, strength=k)])
-                      for k in keys} for e in names},
-        "baseline": _shares([b["regime"] for b in result["baseline"]]),
-    }
-    drifted = [s for s in samples if s["drift"]["drifted"]]
-    drift = {
-        "steered": len(drifted), "steered_share": _rate([s["drift"]["drifted"] for s in samples]),
-        "baseline": sum(b["drift"]["drifted"] for b in result["baseline"]),
-        "scripts": dict(Counter(x for s in drifted for x in s["drift"]["foreign_scripts"])),
-        "examples": [{"emotion": s["emotion"], "strength": s["strength"],
-                      "scenario": s["scenario"], "tokens": s["drift"]["tokens"][:5]}
-                     for s in drifted[:10]],
-    }
-    refs = result.get("chance", [])
-    chance = {judge: {
-        "overall": _rate([ok for ref in refs for ok in ref["judges"].get(judge, {}).values()]),
-        "per_emotion": {e: _rate([ref["judges"][judge][e] for ref in refs
-                                  if e in ref["judges"].get(judge, {})]) for e in names},
-    } for judge in judges}
-    return {"n_samples": len(samples), "success": success, "chance": chance, "regimes": regimes,
-            "drift": drift, "chat": chat_summary(result)}

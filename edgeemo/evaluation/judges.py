@@ -11,10 +11,12 @@
            (``heldout.jsonl``), read by one of the two offline models (two model families). They
            share nothing with the vector under test. Their margin is measured on every run: the
            90th percentile of the same difference between two unsteered replies.
+  llm      an instruction-tuned chat model of another family reads the reply's text and names
+           its tone (``llmjudge.py``): the judge that reads like a person, and the default.
 
-Every judge is a small class with the same three parts (:class:`Judge`): ``read`` scores texts,
-``verdict`` compares a steered reply's scores with its baseline's for one emotion, ``margin``
-says how far the score must move. Adding a judge is one class here and one entry in
+Every judge is a small class with the same three parts (``judgebase.Judge``): ``read`` scores
+texts, ``verdict`` compares a steered reply's scores with its baseline's for one emotion,
+``margin`` says how far the score must move. Adding a judge is one class and one entry in
 :data:`JUDGES`; ``evaluate.py`` runs whatever judges it is given by name.
 
 A sample succeeds for a judge when the target's score in the steered reply exceeds the baseline
@@ -27,7 +29,7 @@ The lexicon judge needs no model, only two lexicons (Empath, VADER) loaded on fi
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import ClassVar
@@ -36,6 +38,8 @@ import numpy as np
 
 from .. import emotions as emotions_mod
 from ..errors import EdgeemoError, require
+from .judgebase import Judge, ScoredJudge, chance_margin
+from .llmjudge import LLMJudge
 
 # Empath (Fast et al. 2016) categories for each of our emotions, as far as they go. A category may
 # serve two emotions (nervousness for nervous and anxious, contentment for calm and blissful): the
@@ -160,41 +164,6 @@ def lexicon_judgement(emotion: str, steered: dict, baseline: dict) -> dict:
             "delta": round(delta, 4), "success": bool(delta >= margin - 1e-12)}
 
 
-# --- the judge interface ------------------------------------------------------------------------
-
-class Judge:
-    """Scores texts for emotions; a steered reply succeeds when its score for the target beats the
-    baseline reply's by the judge's margin. Subclasses set ``name`` and implement ``read``."""
-
-    name: ClassVar[str] = ""
-
-    def __init__(self, model=None, emotions: Sequence[str] = ()):
-        self.model, self.emotions = model, list(emotions)
-
-    def read(self, texts: list[str]) -> list[dict[str, float] | None]:
-        """Per text, ``{emotion or measure: score}``; None where the text cannot be scored."""
-        raise NotImplementedError
-
-    def stored(self, scores: dict | None) -> dict | None:
-        """Scores as they are kept in a result (baseline and chance replies)."""
-        return scores
-
-    @classmethod
-    def verdict(cls, emotion: str, steered: dict | None, baseline: dict | None) -> dict:
-        """Compare one reply's scores with its baseline's for ``emotion`` (needs no model)."""
-        s = None if steered is None else steered[emotion]
-        u = None if baseline is None else baseline[emotion]
-        delta = None if s is None or u is None else s - u
-        return {"steered": None if s is None else round(s, 4),
-                "baseline": None if u is None else round(u, 4),
-                "delta": None if delta is None else round(delta, 4),
-                "success": bool(delta is not None and delta >= cls.margin({}) - 1e-12)}
-
-    @classmethod
-    def margin(cls, verdict: dict) -> float:
-        raise NotImplementedError
-
-
 class LexiconJudge(Judge):
     """Empath's categories for the target, or VADER valence where Empath has none."""
 
@@ -250,13 +219,12 @@ class ProbeJudge(Judge):
 _READERS_MADE: dict[type, tuple] = {}       # reader class -> (export, layers, centre, directions)
 
 
-class ReaderJudge(Judge):
+class ReaderJudge(ScoredJudge):
     """Held-out reader: the cosine of a reply's pooled hidden states (centred on the mean of the
     emotions' texts) with each emotion's direction (its texts' mean minus that centre), averaged
     over the hidden states at relative depth 0.45-0.70, in the ONNX export of ``reader_model``."""
 
     reader_model: ClassVar[str] = ""
-    chance_margin = True          # the margin is measured on each run from unsteered replies
     DEPTH = (0.45, 0.70)
 
     def __init__(self, model=None, emotions=()):
@@ -305,21 +273,6 @@ class ReaderJudge(Judge):
         from ..emotions import EMOTIONS
 
         return stimuli.heldout(EMOTIONS)
-
-    @classmethod
-    def verdict(cls, emotion, steered, baseline):
-        out = super().verdict(emotion, steered, baseline)
-        # every emotion's score, for identification among the replies to one prompt
-        out["scores"] = None if steered is None else {e: round(v, 4) for e, v in steered.items()}
-        return out
-
-    def stored(self, scores):
-        return None if scores is None else {e: round(v, 4) for e, v in scores.items()}
-
-    @classmethod
-    def margin(cls, verdict):
-        return verdict.get("margin", 0.0)
-
 
 class SmolLM2Reader(ReaderJudge):
     name = "reader-smollm2"
@@ -390,15 +343,10 @@ def tone_readers_from(requests: Iterable[str]):
 def _unit(v):
     return v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
 
-
-def chance_margin(deltas: list[float]) -> float:
-    """A measured margin: the 90th percentile of the score differences between two unsteered
-    replies to the same prompt (so no steering "succeeds" about one time in ten)."""
-    return round(float(np.percentile(deltas, 90)), 4) if deltas else 0.0
-
-
 JUDGES: dict[str, type[Judge]] = {j.name: j for j in (LexiconJudge, ProbeJudge, SmolLM2Reader,
-                                                      Gemma3Reader, ToneSmolLM2, ToneGemma3)}
+                                                      Gemma3Reader, ToneSmolLM2, ToneGemma3,
+                                                      LLMJudge)}
+__all__ = ["JUDGES", "Judge", "ScoredJudge", "chance_margin"]
 READERS = ("reader-smollm2", "reader-gemma3")            # held-out vignettes: calibration's judges
 TONE_READERS = ("tone-smollm2", "tone-gemma3")
 MARGINS = {"lexicon": LEXICON_MARGIN, "valence": VALENCE_MARGIN, "probe": PROBE_MARGIN}

@@ -1,0 +1,195 @@
+"""The LLM judge and the statistics around it: label probabilities, margins fixed on prompts that
+are not judged, several seeds, intervals over prompts (fast, on constructed results); then the real
+judge (Qwen2.5-Coder-1.5B-Instruct from PyPI) reading hand-written tone, and steering of the real
+default model judged by it: a steered reply moves toward its emotion, a negated vector away from
+it, and two swapped vector files are caught."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeemo.emotions import EMOTIONS
+from edgeemo.errors import EdgeemoError
+from edgeemo.evaluation import evaluate as ev
+from edgeemo.evaluation import llmjudge, summary
+
+# --- fast: no model -------------------------------------------------------------------------------
+
+
+def test_label_logprobs_pool_first_tokens_and_normalise_over_the_labels():
+    logits = np.full(10, -5.0)
+    logits[[1, 2]] = np.log([1.0, 3.0])          # "a" begins with token 1 or 2: 1 + 3 = 4
+    logits[3] = np.log(4.0)                      # "b": 4
+    logits[4] = np.log(8.0)                      # "c": 8
+    out = llmjudge.label_logprobs(logits, {"a": [1, 2], "b": [3], "c": [4]}, ("a", "b", "c"))
+    assert out["a"] == pytest.approx(np.log(0.25), abs=1e-4)
+    assert out["b"] == pytest.approx(np.log(0.25), abs=1e-4)
+    assert out["c"] == pytest.approx(np.log(0.5), abs=1e-4)
+
+
+def test_held_out_prompts_and_margin_prompts_never_overlap():
+    judged, margins = ev.prompt_sets("held-out", "calibration")
+    assert len(judged) == 12 and len(margins) == 8
+    assert not {s["id"] for s in judged} & {s["id"] for s in margins}
+    assert {s["id"] for s in margins} == {s["id"] for s in ev.select_scenarios(8, pool="requests")}
+    every, left = ev.prompt_sets("all", "calibration")       # every request judged: none left
+    assert len(every) == 20 and left == []
+    assert ev.prompt_sets("held-out", "judged")[1] == []
+    with pytest.raises(EdgeemoError, match="must not be judged"):
+        ev.evaluate(None, ["afraid"], [0.05], judged[:2], margin_scenarios=judged[1:3])
+
+
+def test_interval_resamples_prompts_not_replies():
+    rows = [("r1", True)] * 10 + [("r2", False)] * 10
+    lo, hi = summary.interval(rows, lambda r: r[1], lambda r: r[0])
+    # two prompts: a resample holds r1 twice (1.0), r2 twice (0.0) or both (0.5)
+    assert lo == 0.0 and hi == 1.0
+    many = [(f"r{i}", i % 2 == 0) for i in range(40)]
+    lo, hi = summary.interval(many, lambda r: r[1], lambda r: r[0])
+    assert lo < 0.5 < hi and hi - lo < 0.4
+    assert summary.interval([("r1", True)] * 3, lambda r: r[1], lambda r: r[0]) == [1.0, 1.0]
+
+
+def _sample(emotion, scenario, run, scores, success=True):
+    return {"emotion": emotion, "scenario": scenario, "run": run, "setting": "0.05",
+            "strength": 0.05, "regime": "surgical", "on_task": {"on_task": True, "llm": 0.9},
+            "features": {"empty": False},
+            "judges": {"llm": {"success": success, "delta": 1.0, "scores": scores}}}
+
+
+def test_replies_are_grouped_by_run_for_identification_and_the_first_choice():
+    def scores(**kv):
+        return {**dict.fromkeys([*EMOTIONS, "neutral"], -9.0), **kv}
+
+    # run 0: each reply is highest for its own emotion; run 1: both replies favour "happy"
+    result = {"settings": {"emotions": ["afraid", "happy"], "strengths": [0.05], "judges": ["llm"],
+                           "seeds": [0, 1]},
+              "samples": [_sample("afraid", "r01", 0, scores(afraid=-0.1, happy=-3.0)),
+                          _sample("happy", "r01", 0, scores(afraid=-4.0, happy=-0.2)),
+                          _sample("afraid", "r01", 1, scores(afraid=-2.0, happy=-0.5)),
+                          _sample("happy", "r01", 1, scores(afraid=-3.0, happy=-0.1))]}
+    chat = summary.chat_summary(result)
+    # run 0: both hits; run 1: afraid's reply -2.0 beats happy's -3.0 for afraid (hit), happy's
+    # reply -0.1 beats -0.5 (hit). Grouped without runs, the four would fight over two places.
+    assert chat["identification"]["llm"]["top1"] == 1.0 and chat["identification"]["llm"]["n"] == 4
+    # first choice among the 20: afraid, happy, happy, happy -> 3 of 4 are the target
+    assert chat["top_emotion"]["llm"]["top1"] == 0.75
+    assert chat["on_task_by"]["llm"]["on_task"] == 1.0
+    assert chat["seeds"] == [0, 1]
+    assert set(chat["intervals"]) >= {"success llm", "identification llm", "top_emotion llm"}
+
+
+def test_margins_come_from_the_margin_pairs_when_there_are_some():
+    base = {e: 0.0 for e in ["afraid"]}
+    result = {"settings": {"emotions": ["afraid"], "strengths": [0.05], "judges": ["llm"]},
+              "baseline": [{"scenario": "r01", "run": 0, "llm": base, "features": {}}],
+              "chance": [{"scenario": "r01", "run": 0, "text": "x", "llm": {"afraid": 5.0}}],
+              "margin_pairs": [{"scenario": "r05", "run": 0, "texts": ["a", "b"],
+                                "scores": {"llm": [{"afraid": 0.0}, {"afraid": d}]}}
+                               for d in np.arange(1, 11) / 10],
+              "samples": []}
+    assert ev._measured_margins(result) == {"llm": pytest.approx(0.91)}
+    result["margin_pairs"] = []                       # none: the judged prompts' chance replies
+    assert ev._measured_margins(result) == {"llm": 5.0}
+
+
+# --- the real judge -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def judge(default_gguf):
+    from edgeemo import models
+
+    return llmjudge.LLMJudge(models.resolve("smollm2-135m-instruct"), EMOTIONS, threads=2)
+
+
+@pytest.mark.slow
+def test_the_judge_is_never_the_steered_model(judge):
+    from edgeemo import models
+
+    assert judge.judge_model.name == "qwen2.5-coder-1.5b-instruct"
+    steered = models.resolve("qwen2.5-coder-1.5b-instruct")
+    assert llmjudge.pick_judge_model(steered, None, llmjudge.JUDGE_MODELS).name \
+        == "qwen2.5-coder-0.5b-instruct"
+    with pytest.raises(EdgeemoError, match="cannot judge its own steering"):
+        llmjudge.pick_judge_model(steered, "qwen2.5-coder-1.5b-instruct", llmjudge.JUDGE_MODELS)
+
+
+@pytest.mark.slow
+def test_the_judge_reads_tone_from_hand_written_replies(judge):
+    from edgeemo import stimuli
+
+    rows = stimuli.dialogue()
+    text = {(r["request"], r["emotion"]): r["text"] for r in rows}
+    requests = list(dict.fromkeys(r["request"] for r in rows))[:3]
+    emotions = ("afraid", "angry", "happy", "sad")
+    deltas, hits = [], []
+    for q in requests:
+        neutral, *scored = judge.read([text[q, "neutral"]] + [text[q, e] for e in emotions])
+        assert all(abs(sum(np.exp(list(s.values()))) - 1) < 1e-3 for s in scored)
+        for e, s in zip(emotions, scored):
+            deltas.append(s[e] - neutral[e])
+            hits.append(max(range(len(emotions)), key=lambda i: scored[i][e]) == emotions.index(e))
+    # each emotion's reply raises that emotion over the neutral reply, by a clear amount
+    assert np.mean([d > 0 for d in deltas]) >= 0.9 and np.median(deltas) > 1.0
+    assert np.mean(hits) >= 0.75                    # among 4 replies to a request (chance 0.25)
+    on = judge.on_task([requests[0]], [text[requests[0], "afraid"]])[0]
+    off = judge.on_task([requests[0]], [text[requests[1], "afraid"]])[0]
+    assert on >= summary.LLM_ON_TASK > off
+
+
+# --- steering of the real default model, judged -----------------------------------------------------
+
+STEERED = ("afraid", "angry", "enthusiastic")       # three distinct tones of the prebuilt vectors
+PROMPTS = ("How was your day?", "Can you recommend a book for a long weekend?",
+           "Explain what a black hole is.", "Give me some ideas for a rainy afternoon.")
+
+
+@pytest.fixture(scope="module")
+def steered_scores(judge):
+    """The judge's scores of unsteered, steered and negated replies (seed 0, 40 tokens)."""
+    from edgeemo.steer import EmotionModel
+
+    runtime = EmotionModel("smollm2-135m-instruct", seed=0, threads=2)
+    texts = {}
+    for p in PROMPTS:
+        runtime.clear()
+        texts["none", p] = runtime.generate(p, max_tokens=40, seed=0)
+    for e in STEERED:
+        strength = runtime.vector(e).metadata["strength"]
+        for sign, label in ((1, "steered"), (-1, "negated")):
+            runtime.steer({e: sign * strength})
+            for p in PROMPTS:
+                texts[(label, e), p] = runtime.generate(p, max_tokens=40, seed=0)
+    runtime.close()
+    keys = list(texts)
+    return dict(zip(keys, judge.read([texts[k] for k in keys])))
+
+
+@pytest.mark.slow
+def test_steering_moves_the_judge_toward_the_emotion_and_negation_away(steered_scores):
+    s = steered_scores
+    toward = {e: np.mean([s[("steered", e), p][e] - s["none", p][e] for p in PROMPTS])
+              for e in STEERED}
+    away = {e: np.mean([s[("negated", e), p][e] - s["none", p][e] for p in PROMPTS])
+            for e in STEERED}
+    assert np.mean(list(toward.values())) > 1.0, toward
+    assert all(v > 0 for v in toward.values()), toward
+    assert all(away[e] < toward[e] - 1.0 for e in STEERED), (toward, away)
+    assert np.mean(list(away.values())) < 0.0, away
+
+
+@pytest.mark.slow
+def test_two_swapped_vector_files_are_caught(steered_scores):
+    """Each emotion's own reply must beat the other emotions' replies for that emotion; with
+    two files swapped (the 'afraid' name steering with angry.gguf and back), it would not."""
+    s = steered_scores
+
+    def own_minus_other(files: dict[str, str]) -> float:
+        gaps = [s[("steered", files[e]), p][e] - s[("steered", files[o]), p][e]
+                for p in PROMPTS for e in STEERED for o in STEERED if o != e]
+        return float(np.mean(gaps))
+
+    right = own_minus_other({e: e for e in STEERED})
+    swapped = own_minus_other({"afraid": "angry", "angry": "afraid", "enthusiastic": "enthusiastic"})
+    assert right > 1.0 and swapped < right - 1.0, (right, swapped)
