@@ -83,6 +83,9 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True,
 @click.option("--vectors", "vector_dir", type=click.Path(exists=True, file_okay=False),
               help="Evaluate the <emotion>.gguf files in this directory instead of the store's "
                    "or the prebuilt ones.")
+@click.option("--llm-on-task", is_flag=True,
+              help="Also ask the llm judge whether each reply answers its request (its P(yes), "
+                   "beside the embedding check, with their agreement); doubles the judge's time.")
 @click.option("--judge-model", default=None,
               help="The llm judge's model (a name from `edgeemo models`); default: "
                    "qwen2.5-coder-1.5b-instruct, or the next one when that is the model steered.")
@@ -95,7 +98,8 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True,
               help="Write result.json, report.md and plots to this directory.")
 @threads_option
 def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, margin_spec, pool,
-                     judge_spec, on_task, steer_prompt, vector_dir, judge_model, seed_spec,
+                     judge_spec, on_task, steer_prompt, vector_dir, llm_on_task, judge_model,
+                     seed_spec,
                      max_tokens, json_, report_dir, threads):
     """Measure steering: success per judge, on-task, identification, regimes, language drift.
 
@@ -133,7 +137,8 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, margin_s
     result = ev.evaluate(runtime, names, strengths, scenarios, seeds=seeds,
                          margin_scenarios=margin_scenarios, max_tokens=max_tokens,
                          judges=judges, on_task=on_task, steer_prompt=steer_prompt,
-                         judge_options={"llm": {"judge_model": judge_model}},
+                         judge_options={"llm": {"judge_model": judge_model,
+                                                "ask_on_task": llm_on_task or None}},
                          progress=Progress())
     for judge, shared in result["settings"]["judges_sharing_data"].items():
         say(f"note: {judge} is made from the same data as the {', '.join(shared)} vector(s): "
@@ -253,11 +258,12 @@ def _pct(x) -> str:
 @click.option("--verify", "verify_spec", default="8", show_default=True,
               help="Other scenarios the chosen strength must stay surgical on (a number, all, "
                    "or 0 for none); it steps down the window until it does.")
-@click.option("--judge", type=click.Choice(["readers", "tone", "both", "lexicon", "probe"]),
+@click.option("--judge", type=click.Choice(["readers", "tone", "llm", "both", "lexicon", "probe"]),
               default="readers", show_default=True,
               help="readers: success = moved for the held-out readers, on task and coherent, on "
                    "everyday requests; tone: the same with the tone readers (not independent of "
-                   "dialogue vectors); both/lexicon/probe: the older rule on scenarios.")
+                   "dialogue vectors); llm: the same with the LLM judge; both/lexicon/probe: the "
+                   "older rule on scenarios.")
 @click.option("--vectors", "vector_dir", type=click.Path(exists=True, file_okay=False),
               help="Calibrate the <emotion>.gguf files in this directory (rewritten in place).")
 @click.option("--prebuilt", is_flag=True, help="Rewrite the prebuilt vectors shipped in the "
@@ -290,7 +296,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
 
     names = emotion_list(emotion_spec)
     strengths = _strengths(strength_spec)
-    pool = "requests" if judge in ("readers", "tone") else "scenarios"
+    pool = "requests" if judge in ("readers", "tone", "llm") else "scenarios"
     scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec,
                                     pool=pool)
     verify = _verify_scenarios(verify_spec, [s["id"] for s in scenarios], pool)

@@ -28,7 +28,7 @@ VERIFY_SCENARIOS = 8               # other scenarios the chosen strength must al
 # the request and stay coherent (surgical); the best success among those wins
 ON_TASK_MIN = 0.90
 COHERENT_MIN = 0.95
-JUDGE_CHOICES = ("readers", "tone", "both", "lexicon", "probe")
+JUDGE_CHOICES = ("readers", "tone", "llm", "both", "lexicon", "probe")
 
 
 def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIBRATION_STRENGTHS,
@@ -38,7 +38,8 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
     """Per emotion, the strength to recommend, with the evidence.
 
-    ``judge="readers"`` (the default; ``"tone"``: the same with the tone readers) judges replies
+    ``judge="readers"`` (the default; ``"tone"``: the same with the tone readers; ``"llm"``: with
+    the LLM judge, ``llmjudge.py``) judges replies
     to everyday requests (``scenarios`` default to 8 of ``stimuli.requests()``) with the held-out
     readers and the on-task check: the window is
     the strengths whose replies are at least :data:`ON_TASK_MIN` on task and :data:`COHERENT_MIN`
@@ -67,6 +68,8 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
         from .judges import TONE_READERS
 
         judge, readers = "readers", readers or TONE_READERS
+    elif judge == "llm":                   # the LLM judge in place of the readers
+        judge, readers = "readers", ("llm",)
     if judge == "readers":
         scenarios = list(scenarios) if scenarios is not None else select_scenarios(
             CALIBRATION_SCENARIOS, pool="requests")

@@ -236,7 +236,7 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
             judge_notes[judge_name] = judge.description
         _judge(judge, names, base, samples, reference, progress)
         _judge_pairs(judge, pairs)
-        if on_task and hasattr(judge, "on_task"):
+        if on_task and getattr(judge, "ask_on_task", False):
             _judge_on_task(judge, scenarios, samples, reference, progress)
     if on_task:
         _on_task(scenarios, base, samples, reference, progress)

@@ -64,8 +64,9 @@ class LLMJudge(ScoredJudge):
     _loaded: ClassVar[dict] = {}          # judge model path -> its reader (loaded once a process)
 
     def __init__(self, model=None, emotions=(), *, judge_model: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, ask_on_task: bool = False):
         self.model, self.emotions = model, list(emotions)
+        self.ask_on_task = ask_on_task        # evaluate() also asks it whether replies are on task
         self.judge_model = pick_judge_model(model, judge_model or None, self.judge_models)
         key = str(self.judge_model.path)
         if key not in self._loaded:
