@@ -129,7 +129,15 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, margin_s
         raise EdgeemoError(f"unknown judge '{', '.join(unknown)}': choose from {', '.join(JUDGES)}")
     seeds = _seeds(seed_spec)
     scenarios, margin_scenarios = ev.prompt_sets(scenario_spec, margin_spec, pool=pool)
+    if judge_model:
+        from . import models
+
+        models.resolve(judge_model)              # an unknown name fails before any model loads
     runtime = load_runtime(model, seeds[0], threads)
+    if "llm" in judges:                  # pulled now, with word of it, not silently mid-run
+        from .evaluation.llmjudge import pick_judge_model
+
+        pick_judge_model(runtime.model, judge_model, progress=say)
     if vector_dir:
         use_vectors(runtime, names, vector_dir)
     say(f"{len(names)} emotions × {len(strengths)} strengths × {len(scenarios)} prompts "
@@ -301,6 +309,10 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
                                     pool=pool)
     verify = _verify_scenarios(verify_spec, [s["id"] for s in scenarios], pool)
     runtime = load_runtime(model, seed, threads)
+    if judge == "llm":
+        from .evaluation.llmjudge import pick_judge_model
+
+        pick_judge_model(runtime.model, progress=say)
     sources = {}
     for name in names:
         if vector_dir:

@@ -11,9 +11,9 @@ an address-space limit. Most fail in argument checking before any model loads.
 Hand-written cases by command (``python -m pytest tests/test_bad_input.py --collect-only -q``):
 
     models 5, pull 14, export-model 11, export-vector 28, inspect 16, layers 9,
-    compare-methods 7, probe 11, generate 38, chat 21, evaluate 14, calibrate 12,
+    compare-methods 7, probe 11, generate 38, chat 21, evaluate 18, calibrate 12,
     under memory and time limits 7, Python API (no model) 24, Python API (real model) 25
-    -> 242 in tables, 251 with the single tests below them; plus generated damaged GGUF files
+    -> 246 in tables, 255 with the single tests below them; plus generated damaged GGUF files
     (hypothesis) as vectors (inspect) and as models (pull PATH), and tests/test_ggufcheck.py's
     fuzzing of the header check.
 
@@ -554,6 +554,10 @@ EVALUATE = [
     case("evaluate", "--max-tokens", "0", "max-tokens"),
     case("evaluate", "--vectors", "/no/such/dir", "does not exist"),
     case("evaluate", "--report", "a-file", "a-file"),
+    case("evaluate", "--seeds", "a,b", "bad --seeds"),
+    case("evaluate", "--seeds", "1,1", "bad --seeds"),
+    case("evaluate", "--margin-prompts", "r999", "unknown scenario id"),
+    case("evaluate", "--judge-model", "nope", "unknown model 'nope'"),
 ]
 
 CALIBRATE = [
