@@ -140,8 +140,9 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, margin_s
         pick_judge_model(runtime.model, judge_model, progress=say)
     if vector_dir:
         use_vectors(runtime, names, vector_dir)
-    say(f"{len(names)} emotions × {len(strengths)} strengths × {len(scenarios)} prompts "
-        f"= {len(names) * len(strengths) * len(scenarios)} steered replies")
+    say(f"{len(names)} emotions × {len(strengths)} strengths × {len(scenarios)} prompts × "
+        f"{len(seeds)} seed(s) = {len(names) * len(strengths) * len(scenarios) * len(seeds)} "
+        f"steered replies")
     result = ev.evaluate(runtime, names, strengths, scenarios, seeds=seeds,
                          margin_scenarios=margin_scenarios, max_tokens=max_tokens,
                          judges=judges, on_task=on_task, steer_prompt=steer_prompt,

@@ -14,7 +14,8 @@ emotions, with the same content: what perfect steering would write. The judge gr
   the one the judge rates highest for the target (chance 5%);
 - *top-1*: the target is the judge's first choice among the 20 emotions (chance 5%), on these
   replies and on the held-out vignettes (``heldout.jsonl``); the confusion matrix of the replies
-  is drawn to ``--plot``;
+  is drawn to ``--plot``; *top-1 less prior*: the same after subtracting the judge's mean
+  log-probabilities over the neutral replies to the other requests (its leaning toward "calm");
 - *on task*: the judge's yes/no on whether a reply answers a request, for 60 of these replies
   given with their own request and with another one (the threshold ``summary.LLM_ON_TASK``).
 
@@ -40,7 +41,7 @@ def main() -> int:
     from edgeemo.emotions import EMOTIONS
     from edgeemo.evaluation.judgebase import chance_margin
     from edgeemo.evaluation.llmjudge import JUDGE_MODELS, LLMJudge
-    from edgeemo.evaluation.summary import LLM_ON_TASK
+    from edgeemo.evaluation.summary import LLM_ON_TASK, first_choice
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judge-model", default=JUDGE_MODELS[0])
@@ -71,6 +72,10 @@ def main() -> int:
              for e in EMOTIONS}
     first = {e: [judge.top_emotion(scores[q, e]) for q in requests] for e in EMOTIONS}
     top1 = {e: [f == e for f in first[e]] for e in EMOTIONS}
+    # the judge's leaning, from the neutral replies to the other requests, subtracted first
+    prior = {q: {e: float(np.mean([scores[o, "neutral"][e] for o in requests if o != q]))
+                 for e in EMOTIONS} for q in requests}
+    top1_prior = [first_choice(scores[q, e], prior[q]) == e for q in requests for e in EMOTIONS]
     neutral_first = [max(scores[q, "neutral"], key=scores[q, "neutral"].get) for q in requests]
 
     vignettes = stimuli.heldout(EMOTIONS)
@@ -106,6 +111,7 @@ def main() -> int:
         "moved_at_measured_margin": {k: share([d >= m for d in every]) for k, m in margins.items()},
         "identification": share([h for e in EMOTIONS for h in ident[e]]),
         "top1": share([h for e in EMOTIONS for h in top1[e]]),
+        "top1_less_prior": share(top1_prior),
         "neutral_read_as": {k: neutral_first.count(k) for k in sorted(set(neutral_first))},
         "heldout_vignettes_top1": share([h for e in EMOTIONS for h in v_hits[e]]),
         "on_task": {"threshold": LLM_ON_TASK, "replies": len(picks),
@@ -118,10 +124,11 @@ def main() -> int:
                             "vignettes_top1": share(v_hits[e])} for e in EMOTIONS},
         "confusion": {e: {o: first[e].count(o) for o in sorted(set(first[e]))} for e in EMOTIONS},
     }
-    store.write_text(args.out, json.dumps(result, indent=2) + "\n")
+    result["scores"] = {f"{q}\t{e}": s for (q, e), s in scores.items()}   # for re-analysis
+    store.write_text(args.out, json.dumps(result, indent=1) + "\n")
     _plot(first, args.plot, judge.judge_model.name)
     print(json.dumps({k: v for k, v in result.items()
-                      if k not in ("per_emotion", "confusion")}, indent=1))
+                      if k not in ("per_emotion", "confusion", "scores")}, indent=1))
     print(f"wrote {args.out} and {args.plot}")
     return 0
 

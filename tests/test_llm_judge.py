@@ -234,3 +234,17 @@ def test_evaluate_command_with_the_llm_judge_over_two_seeds(judge):
     assert 0 <= lo <= chat["success"]["llm"] <= hi <= 1
     assert chat["on_task_by"]["llm"]["agreement"] is not None
     assert all(0 <= s["on_task"]["llm"] <= 1 for s in data["samples"])
+
+
+def test_the_first_choice_is_read_after_the_judges_leaning_is_taken_off():
+    def scores(**kv):
+        return {**dict.fromkeys([*EMOTIONS, "neutral"], -9.0), **kv}
+
+    leaning = scores(calm=-0.5, neutral=-1.0)                      # how it reads plain replies
+    result = {"margin_pairs": [{"scores": {"llm": [leaning, leaning]}}]}
+    prior = summary.label_prior(result, "llm")
+    assert prior["calm"] == -0.5 and prior["afraid"] == -9.0
+    reply = scores(calm=-0.7, afraid=-2.0)                         # calm a little less, afraid up
+    assert summary.first_choice(reply) == "calm"
+    assert summary.first_choice(reply, prior) == "afraid"
+    assert summary.label_prior({"margin_pairs": []}, "llm") == {}

@@ -62,6 +62,22 @@ def interval(rows: list, flag: Callable[[object], bool], cluster: Callable[[obje
     return [round(float(np.percentile(rates, 2.5)), 4), round(float(np.percentile(rates, 97.5)), 4)]
 
 
+def label_prior(result: dict, judge: str) -> dict[str, float]:
+    """A label-set judge's mean log-probability of each label over the unsteered replies to the
+    margin prompts (never judged): its leaning before any steering ("calm" for neutral replies),
+    subtracted before its first choice is read (contextual calibration, Zhao et al. 2021). Empty
+    when the result has no margin pairs."""
+    rows = [sc for p in result.get("margin_pairs") or []
+            for sc in (p.get("scores", {}).get(judge) or []) if sc]
+    return {e: float(np.mean([r[e] for r in rows])) for e in rows[0]} if rows else {}
+
+
+def first_choice(scores: dict[str, float], prior: dict[str, float] | None = None) -> str:
+    """The emotion (neutral left out) a label-set judge rates highest, less its prior."""
+    prior = prior or {}
+    return max((e for e in scores if e != "neutral"), key=lambda e: scores[e] - prior.get(e, 0.0))
+
+
 def _prompt(row) -> str:
     return row["scenario"]
 
@@ -128,9 +144,13 @@ def chat_summary(result: dict) -> dict:
         if not all(s["judges"][judge].get("scores") for s in samples) or not samples:
             continue
         if "neutral" in samples[0]["judges"][judge]["scores"]:       # a label-set judge
-            first = [max((e for e in s["judges"][judge]["scores"] if e != "neutral"),
-                         key=s["judges"][judge]["scores"].get) == s["emotion"] for s in samples]
-            out["top_emotion"][judge] = {"top1": _rate(first), "chance": 0.05}
+            prior = label_prior(result, judge)
+            first = [first_choice(s["judges"][judge]["scores"], prior) == s["emotion"]
+                     for s in samples]
+            out["top_emotion"][judge] = {
+                "top1": _rate(first), "chance": 0.05, "prior": bool(prior),
+                "top1_raw": _rate([first_choice(s["judges"][judge]["scores"]) == s["emotion"]
+                                   for s in samples])}
             ci[f"top_emotion {judge}"] = interval(list(zip(samples, first)), lambda p: p[1],
                                                   lambda p: p[0]["scenario"])
         if len(names) < 2:
