@@ -260,8 +260,10 @@ def _pct(x) -> str:
 @emotions_option
 @click.option("--strengths", "strength_spec", default="0.03,0.05,0.08,0.12,0.16",
               show_default=True, help="Candidate strengths, comma-separated.")
-@click.option("--scenarios", "scenario_spec", default="8", show_default=True,
-              help="A number of scenarios (spread over the kinds) or comma-separated ids.")
+@click.option("--scenarios", "scenario_spec", default="calibration", show_default=True,
+              help="calibration: the 8 calibration requests (r05, r08, r10, r14, r16, r17, r18, "
+                   "r20; no evaluation judges them); a number of scenarios (spread over the "
+                   "kinds) or comma-separated ids.")
 @seed_option
 @click.option("--max-tokens", type=click.IntRange(1, 512), default=48, show_default=True)
 @click.option("--verify", "verify_spec", default="8", show_default=True,
@@ -306,8 +308,9 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
     names = emotion_list(emotion_spec)
     strengths = _strengths(strength_spec)
     pool = "requests" if judge in ("readers", "tone", "llm") else "scenarios"
-    scenarios = ev.select_scenarios(None if scenario_spec.strip() == "all" else scenario_spec,
-                                    pool=pool)
+    spec = scenario_spec.strip()
+    scenarios = ev.calibration_prompts(pool) if spec == "calibration" else \
+        ev.select_scenarios(None if spec == "all" else spec, pool=pool)
     verify = _verify_scenarios(verify_spec, [s["id"] for s in scenarios], pool)
     runtime = load_runtime(model, seed, threads)
     if judge == "llm":

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CALIBRATION_REQUESTS = "r05,r08,r10,r14,r16,r17,r18,r20"     # the prebuilt vectors' calibration set
 
 
 def main() -> int:
@@ -70,7 +69,7 @@ def main() -> int:
             t0 = time.perf_counter()
             chosen = calibration.calibrate(
                 runtime, list(EMOTIONS), [float(s) for s in args.calibrate.split(",")],
-                ev.select_scenarios(CALIBRATION_REQUESTS, pool="requests"), seed=0,
+                ev.calibration_prompts(), seed=0,
                 readers=judges.TONE_READERS, progress=progress)
             seconds = round(time.perf_counter() - t0)
             for name, info in chosen.items():

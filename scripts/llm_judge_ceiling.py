@@ -70,7 +70,7 @@ def main() -> int:
     deltas = {e: [scores[q, e][e] - scores[q, "neutral"][e] for q in requests] for e in EMOTIONS}
     ident = {e: [max(EMOTIONS, key=lambda o: scores[q, o][e]) == e for q in requests]
              for e in EMOTIONS}
-    first = {e: [judge.top_emotion(scores[q, e]) for q in requests] for e in EMOTIONS}
+    first = {e: [first_choice(scores[q, e]) for q in requests] for e in EMOTIONS}
     top1 = {e: [f == e for f in first[e]] for e in EMOTIONS}
     # the judge's leaning, from the neutral replies to the other requests, subtracted first
     prior = {q: {e: float(np.mean([scores[o, "neutral"][e] for o in requests if o != q]))
@@ -79,7 +79,7 @@ def main() -> int:
     neutral_first = [max(scores[q, "neutral"], key=scores[q, "neutral"].get) for q in requests]
 
     vignettes = stimuli.heldout(EMOTIONS)
-    v_hits = {e: [judge.top_emotion(s) == e for s in judge.read(vignettes[e])] for e in EMOTIONS}
+    v_hits = {e: [first_choice(s) == e for s in judge.read(vignettes[e])] for e in EMOTIONS}
 
     # the on-task question: two emotional replies per request, to their own request and to the
     # request seven further on (off task)

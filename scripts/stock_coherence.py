@@ -3,7 +3,7 @@
     python scripts/stock_coherence.py            # writes evaluation/stock-coherence.json
 
 Stock llama.cpp (``llama-cli --control-vector FILE``) steers the prompt too, at the file's own
-strength (scale 1.0). This script answers the 8 calibration requests (never judged) that way,
+strength (scale 1.0). This script answers 8 held-out requests (calibration never saw them) that way,
 greedy, without a repetition penalty (llama.cpp's default), 160 tokens, for every shipped vector
 and for no vector at all, and classifies each reply's regime (``regimes.classify_text``). The
 unsteered row is the yardstick: a small model decoded greedily loops by itself.
@@ -33,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
 
     runtime = EmotionModel(args.model, threads=1, steer_prompt=True)
-    requests = ev.select_scenarios(ev.CALIBRATION_REQUESTS, pool="requests")
+    requests = ev.select_scenarios(8, exclude=ev.CALIBRATION_REQUESTS, pool="requests")
     rows = {}
     for name in (None, *EMOTIONS):
         runtime.steer(None if name is None else {name: None})

@@ -103,8 +103,8 @@ def test_final_hidden_state_agrees_with_llama_cpp(name, tiny):
     fp32 = check.parity(tiny[name]["model"], tiny[name]["fp32"])
     int8 = check.parity(tiny[name]["model"], tiny[name]["int8"])
     print(f"{name}: parity fp32 {fp32:.5f}, int8 {int8:.5f}")
-    assert fp32 >= 0.99
-    assert int8 >= 0.9
+    assert fp32 >= 0.999                      # 1.0000 measured on every architecture
+    assert int8 >= 0.995                      # >= 0.998 measured (8-bit weight blocks)
 
 
 # --- the layer rule ----------------------------------------------------------------------------

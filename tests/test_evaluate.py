@@ -371,7 +371,8 @@ def test_evaluate_is_reproducible(runtime, tmp_path):
     assert first["summary"] == second["summary"]
     sm = first["summary"]
     for judge in ("lexicon", "probe"):
-        assert 0 <= sm["success"][judge]["overall"] <= 1
+        flags = [s["judges"][judge]["success"] for s in first["samples"]]
+        assert sm["success"][judge]["overall"] == pytest.approx(sum(flags) / len(flags), abs=1e-4)
         assert set(sm["success"][judge]["per_strength"]) == {"0.04", "0.1"}
     assert sum(sm["regimes"]["overall"].values()) == pytest.approx(1.0)
     assert all(s["judges"]["probe"]["steered"] is not None or s["features"]["empty"]

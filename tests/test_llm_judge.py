@@ -32,7 +32,7 @@ def test_held_out_prompts_and_margin_prompts_never_overlap():
     judged, margins = ev.prompt_sets("held-out", "calibration")
     assert len(judged) == 12 and len(margins) == 8
     assert not {s["id"] for s in judged} & {s["id"] for s in margins}
-    assert {s["id"] for s in margins} == {s["id"] for s in ev.select_scenarios(8, pool="requests")}
+    assert {s["id"] for s in margins} == set(ev.CALIBRATION_REQUESTS)
     every, left = ev.prompt_sets("all", "calibration")       # every request judged: none left
     assert len(every) == 20 and left == []
     assert ev.prompt_sets("held-out", "judged")[1] == []

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeemoError
-from .evaluate import CALIBRATION_REQUESTS, _load_runtime, evaluate, select_scenarios
+from .evaluate import _load_runtime, calibration_prompts, evaluate, select_scenarios
 from .report import strength_key
 
 CALIBRATION_STRENGTHS = (0.03, 0.05, 0.08, 0.12, 0.16)
-CALIBRATION_SCENARIOS = CALIBRATION_REQUESTS          # two per kind
 SURGICAL_WINDOW = 0.8              # a strength is usable when at least this share is surgical
 VERIFY_SCENARIOS = 8               # other scenarios the chosen strength must also stay surgical on
 # judge="readers": a strength is usable when at least these shares of its replies still answer
@@ -40,7 +39,7 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
 
     ``judge="readers"`` (the default; ``"tone"``: the same with the tone readers; ``"llm"``: with
     the LLM judge, ``llmjudge.py``) judges replies
-    to everyday requests (``scenarios`` default to 8 of ``stimuli.requests()``) with the held-out
+    to everyday requests (``scenarios`` default to ``evaluate.CALIBRATION_REQUESTS``) with the held-out
     readers and the on-task check: the window is
     the strengths whose replies are at least :data:`ON_TASK_MIN` on task and :data:`COHERENT_MIN`
     coherent, and the success is the readers' mean of "moved, on task and coherent". The other
@@ -71,13 +70,11 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
     elif judge == "llm":                   # the LLM judge in place of the readers
         judge, readers = "readers", ("llm",)
     if judge == "readers":
-        scenarios = list(scenarios) if scenarios is not None else select_scenarios(
-            CALIBRATION_SCENARIOS, pool="requests")
+        scenarios = list(scenarios) if scenarios is not None else calibration_prompts("requests")
         return _calibrate_readers(model, emotions, strengths, scenarios, seed=seed,
                                   max_tokens=max_tokens, verify=verify, progress=progress,
                                   readers=readers)
-    scenarios = list(scenarios) if scenarios is not None else select_scenarios(
-        CALIBRATION_SCENARIOS)
+    scenarios = list(scenarios) if scenarios is not None else calibration_prompts("scenarios")
     result = evaluate(model, emotions, strengths, scenarios, seed=seed, max_tokens=max_tokens,
                       use_probe=use_probe, chance=False, threads=threads, progress=progress)
     sm = result["summary"]

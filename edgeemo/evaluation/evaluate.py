@@ -88,24 +88,36 @@ def select_scenarios(spec: int | str | Sequence[str] | None = None, *,
     return [known[i] for i in ids]
 
 
-CALIBRATION_REQUESTS = 8          # calibration's everyday requests: two per kind, never judged
+# The everyday requests calibration uses (two per kind), never judged by an evaluation: the
+# shipped vectors' strengths were chosen on these (evaluation/calibration-dialogue.json).
+CALIBRATION_REQUESTS = ("r05", "r08", "r10", "r14", "r16", "r17", "r18", "r20")
+CALIBRATION_SCENARIOS = 8         # for the "scenarios" pool: that many, spread over the kinds
+
+
+def calibration_prompts(pool: str = "requests") -> list[dict]:
+    """The prompts calibration is made on: :data:`CALIBRATION_REQUESTS`, or for the older
+    "scenarios" pool :data:`CALIBRATION_SCENARIOS` scenarios."""
+    if pool == "requests":
+        return select_scenarios(list(CALIBRATION_REQUESTS), pool="requests")
+    return select_scenarios(CALIBRATION_SCENARIOS, pool=pool)
 
 
 def prompt_sets(spec: str = "held-out", margin_spec: str = "calibration", *,
                 pool: str = "requests") -> tuple[list[dict], list[dict]]:
     """The prompts to judge and the prompts the judges' margins are measured on.
 
-    ``spec``: "held-out" (the everyday requests calibration never sees: 12 of the 20; for the
-    "scenarios" pool, 8 scenarios), "all", a number or ids (:func:`select_scenarios`).
-    ``margin_spec``: "calibration" (the calibration requests that are not judged; none left:
-    the judged prompts' own chance replies give the margins), "judged" (those chance replies),
-    or ids.
+    ``spec``: "held-out" (the 12 everyday requests calibration never sees; for the "scenarios"
+    pool, the calibration scenarios' count of others), "all", a number or ids
+    (:func:`select_scenarios`). ``margin_spec``: "calibration" (the calibration requests that are
+    not judged; none left: the judged prompts' own chance replies give the margins), "judged"
+    (those chance replies), or ids.
     """
-    calibration = select_scenarios(CALIBRATION_REQUESTS, pool="requests")
+    calibration = calibration_prompts("requests")
     spec, margin_spec = spec.strip(), margin_spec.strip()
     if spec == "held-out":
-        scenarios = (select_scenarios(exclude=[s["id"] for s in calibration], pool=pool)
-                     if pool == "requests" else select_scenarios(CALIBRATION_REQUESTS, pool=pool))
+        used = [s["id"] for s in calibration_prompts(pool)]
+        scenarios = select_scenarios(None if pool == "requests" else CALIBRATION_SCENARIOS,
+                                     exclude=used, pool=pool)
     else:
         scenarios = select_scenarios(None if spec == "all" else spec, pool=pool)
     judged = {s["id"] for s in scenarios}

@@ -54,8 +54,8 @@ class LLMJudge(ScoredJudge):
     """Label log-probabilities from a chat model of another family (see the module doc).
 
     ``scores`` hold every label's log-probability (the 20 emotions and neutral), so identification
-    among the replies to one request works as for the readers; the top emotion among the 20 is
-    ``top_emotion``.
+    among the replies to one request works as for the readers; its first choice among the 20 is
+    ``summary.first_choice``.
     """
 
     name = "llm"
@@ -87,11 +87,6 @@ class LLMJudge(ScoredJudge):
         """``P(yes)`` that each reply responds to its request (0 for an empty reply)."""
         return [0.0 if not t.strip() else self.reader.answers(r, t) for r, t in zip(requests, texts)]
 
-    @staticmethod
-    def top_emotion(scores: dict[str, float]) -> str:
-        """The judge's first choice among the 20 emotions (neutral left out)."""
-        return max(EMOTIONS, key=lambda e: scores[e])
-
 
 def pick_judge_model(steered, wanted: str | None = None,
                      candidates: tuple[str, ...] = JUDGE_MODELS, *, progress=None) -> models.Model:
@@ -104,7 +99,8 @@ def pick_judge_model(steered, wanted: str | None = None,
     names = [wanted] if wanted else list(candidates)
     for name in names:
         model = models.resolve(name)
-        if steered_sha is not None and model.present and model.sha256 == steered_sha:
+        known = bool(model.card is not None and model.card.sha256) or model.present
+        if steered_sha is not None and known and model.sha256 == steered_sha:
             if wanted:
                 raise EdgeemoError(f"the judge model {name} is the steered model itself: a model "
                                    f"cannot judge its own steering; choose another judge model")
