@@ -509,6 +509,9 @@ def llm(default_gguf):
 
 
 def generate(llm) -> str:
+    # from an empty cache every time: a prompt re-read from a cached prefix takes another
+    # numerical path (one token instead of a batch), which can flip a close greedy choice
+    llm.reset()
     out = llm.create_completion(PROMPT, max_tokens=20, temperature=0.0)
     return out["choices"][0]["text"]
 
