@@ -123,16 +123,21 @@ class _LabelReader:
         self.label_tokens = first_tokens(self.llm, LABELS)
         self.yes_no = first_tokens(self.llm, ("yes", "no"))
         self._cached: tuple[int, ...] = ()
+        self._around = self._template()
 
-    def _ids(self, ask: str, pieces: list[str], end: str) -> tuple[list[int], int]:
-        """Token ids of the whole prompt, and the length of the part that never changes."""
+    def _template(self) -> tuple[list[int], list[int]]:
+        """The chat template's ids before and after the user's message (rendered once)."""
         from ..steer import prompt_ids
 
         head, tail = (prompt_ids(self.llm, [{"role": "system", "content": SYSTEM},
                                             {"role": "user", "content": mark}])
                       for mark in ("\x01", "\x02"))
         split = next(i for i, (a, b) in enumerate(zip(head, tail)) if a != b)
-        before, after = head[:split], head[split + len(self._tok("\x01")):]
+        return head[:split], head[split + len(self._tok("\x01")):]
+
+    def _ids(self, ask: str, pieces: list[str], end: str) -> tuple[list[int], int]:
+        """Token ids of the whole prompt, and the length of the part that never changes."""
+        before, after = self._around
         fixed = before + self._tok(ask)
         body = [t for piece in pieces for t in self._tok(piece)]
         return fixed + body + self._tok(end) + after, len(fixed)
