@@ -4,7 +4,8 @@
     python benchmarks/bench_sizes.py --quick            # the default model only, 4 texts, 8 tokens
     python benchmarks/bench_sizes.py --set size=tiny --set random=llama,gpt2 --set texts=4
 
-Models: the default model (always) and the random-weight models named by ``random``, at ``size``
+Models: the default model (always), the real models named by ``real`` (cards pulled from PyPI:
+Qwen2.5-Coder 0.5B and 1.5B Instruct) and the random-weight models named by ``random``, at ``size``
 "full" (the shapes of GPT-2, Llama-3.2-1B, Qwen2.5-1.5B and Llama-3.2-3B, Q4_K_M) or "tiny"
 (4 layers x 128, for a fast check); see ``edgeemo.testmodels``. A random model is made once and
 kept in the store's ``cache/random-models`` (a 1B takes about 5 minutes); that time is reported
@@ -15,7 +16,11 @@ Every stage runs in its own fresh process (peak memory is that process's own):
 * export-model fp32, then int8 (each straight from the GGUF), in a temporary store holding
   only the model's GGUF, so the user's store gets no export of a random model; the int8 ONNX size
   as a fraction of the fp32 one. With ``export`` False (--quick), the default model's exports are
-  taken from the store and not timed; a random model is always exported.
+  taken from the store and not timed; a random or real model is always exported, and a real
+  model's exports are then moved into the user's store when it has none (they are what
+  ``edgeemo export-model`` would have made).
+* parity: llama.cpp's final hidden state against the export's (``edgeemo check``'s measure), mean
+  cosine over every token of a few texts, for each export.
 * reading: the same texts at all steerable layers, from the fp32 and from the int8 export, as
   bench_scaling.py reads them; texts/s.
 * llama.cpp: greedy replies unsteered and steered, interleaved (as bench_steering.py times
@@ -47,16 +52,19 @@ from bench_scaling import extract_stage, gguf_parameters, scaling_texts
 from bench_steering import FULL as STEERING
 from bench_steering import generate_once
 
-FULL = {"random": "gpt2,llama3.2-1b,qwen2.5-1.5b,llama3.2-3b", "size": "full", "export": True,
+FULL = {"real": "qwen2.5-coder-0.5b-instruct,qwen2.5-coder-1.5b-instruct",
+        "random": "gpt2,llama3.2-1b,qwen2.5-1.5b,llama3.2-3b", "size": "full", "export": True,
         "texts": 32, "batch": 8, "tokens": 64, "reps": 3, "switches": 20, "timeout": 3600}
-QUICK = {"random": None, "export": False, "texts": 4, "tokens": 8, "reps": 1, "switches": 5,
-         "timeout": 600}
+QUICK = {"real": None, "random": None, "export": False, "texts": 4, "tokens": 8, "reps": 1,
+         "switches": 5, "timeout": 600}
 
 # measure -> label, in the order of the rows; the trend is fitted for each
 MEASURES = {"export_fp32_s": "export-model fp32: time",
             "export_fp32_mb": "export-model fp32: peak memory",
             "export_int8_s": "export-model int8: time",
             "export_int8_mb": "export-model int8: peak memory",
+            "parity_fp32": "parity with llama.cpp, fp32 export: mean cosine",
+            "parity_int8": "parity with llama.cpp, int8 export: mean cosine",
             "read_fp32_texts_s": "reading fp32: texts/s",
             "read_fp32_mb": "reading fp32: peak memory",
             "read_int8_texts_s": "reading int8: texts/s",
@@ -86,6 +94,33 @@ def export_stage(model_ref: str, precision: str) -> dict:
 
     out = export.export_model(models.ensure(model_ref), precision)
     return {"dir": str(out)}
+
+
+def parity_stage(model_ref: str, export_dir: str, threads: int) -> dict:
+    """``edgeemo check``'s parity: llama.cpp's final hidden state against the export's."""
+    from edgeemo import check, models
+
+    return {"mean_cosine": check.parity(models.resolve(model_ref), Path(export_dir),
+                                        threads=threads)}
+
+
+def keep_exports(model_ref: str, exports: dict) -> dict:
+    """Move a real model's exports from the temporary store into the user's, where it has none;
+    returns the directories they now live in."""
+    from edgeemo import export, models, store
+
+    model = models.resolve(model_ref)
+    kept = {}
+    for precision, directory in exports.items():
+        target = export.cached_export(model, precision)
+        if target is None:
+            target = store.export_dir(model.sha256, precision)
+            if target.exists():                          # an incomplete one: replaced
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(directory, target)
+        kept[precision] = str(target)
+    return kept
 
 
 def random_vector(runtime, seed: int, out_dir: Path) -> str:
@@ -154,9 +189,11 @@ def run_stage(report: benchlib.Report, what: str, fn, *args, env: dict, timeout:
 
 
 def measure(report: benchlib.Report, label: str, model_ref: str, gguf: str, quant: str,
-            stored: dict, settings: dict, texts: list[str], threads: int) -> dict:
+            stored: dict, settings: dict, texts: list[str], threads: int, *,
+            keep: bool = False) -> dict:
     """Every stage for one model; returns its point (parameters and the measures it got).
-    ``stored``: the model's exports in the store, or {} to export it here (timed)."""
+    ``stored``: the model's exports in the store, or {} to export it here (timed); ``keep``:
+    move those exports into the user's store afterwards (a real model)."""
     from edgeemo import export
 
     params, body = gguf_parameters(gguf)
@@ -191,6 +228,18 @@ def measure(report: benchlib.Report, label: str, model_ref: str, gguf: str, quan
             report.row(f"{label}: int8 ONNX size / fp32", fraction, "",
                        note="exports from the store, not timed here" if stored else "")
         for precision in ("fp32", "int8"):
+            with report.part(f"{label}: parity {precision}"):
+                if precision not in exports:
+                    raise benchlib.SkipPart(f"no {precision} export")
+                stage = run_stage(report, f"{label}: parity {precision}", parity_stage,
+                                  model_ref, exports[precision], threads,
+                                  env={"EDGEEMO_HOME": str(home)} if home else benchlib.store_env(),
+                                  timeout=timeout)
+                point[f"parity_{precision}"] = stage["value"]["mean_cosine"]
+                report.row(f"{label}: {MEASURES[f'parity_{precision}']}",
+                           stage["value"]["mean_cosine"], "",
+                           note="final hidden state, every token of check's parity texts")
+        for precision in ("fp32", "int8"):
             with report.part(f"{label}: reading {precision}"):
                 if precision not in exports:
                     raise benchlib.SkipPart(f"no {precision} export (its export failed or was "
@@ -207,6 +256,8 @@ def measure(report: benchlib.Report, label: str, model_ref: str, gguf: str, quan
                                 f"at {v['layers']} layers × {v['n_embd']}; load "
                                 f"{v['load_s']:.1f} s")
                 report.row(f"{label}: {MEASURES[f'read_{precision}_mb']}", stage["peak_mb"], "MB")
+        if keep and home is not None:
+            exports = keep_exports(model_ref, exports)
     finally:
         if home is not None:
             shutil.rmtree(home, ignore_errors=True)
@@ -255,6 +306,17 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
         points[name] = measure(report, name, name, paths["gguf"],
                                models.resolve(name).card.quantization, paths["exports"],
                                settings, texts, threads)
+
+    for real_name in str(settings["real"] or "").split(","):
+        if not real_name:
+            continue
+        with report.part(f"prepare {real_name}"):
+            from edgeemo import models
+
+            paths = benchlib.prepare(real_name, ())                     # pulls the GGUF only
+            points[real_name] = measure(report, real_name, real_name, paths["gguf"],
+                                        models.resolve(real_name).card.quantization, {},
+                                        settings, texts, threads, keep=True)
 
     from edgeemo import testmodels
 

@@ -36,15 +36,28 @@ BENCHMARKS = {      # name -> (script, section title); in the order they run
     "serve": ("bench_serve.py", "HTTP server"),
     "sizes": ("bench_sizes.py", "Model sizes"),
 }
+# The same scripts on the real 1.5B model (pulled and exported first if the store lacks it).
+# They run only when named with --only: each takes tens of minutes.
+REAL_MODEL = "qwen2.5-coder-1.5b-instruct"
+AT_SIZE = {         # name -> (script, section title, settings passed before the user's --set)
+    "steering-1.5b": ("bench_steering.py", "Steering overhead at 1.5B (Qwen2.5-Coder-1.5B)",
+                      [f"model={REAL_MODEL}"]),
+    "engine-1.5b": ("bench_engine.py", "Extraction engine at 1.5B (Qwen2.5-Coder-1.5B)",
+                    [f"model={REAL_MODEL}", "texts=32", "reps=3", "memory_reps=1"]),
+}
+
+
+def title_of(name: str) -> str:
+    return (BENCHMARKS.get(name) or AT_SIZE[name])[1]
 
 
 def run_one(name: str, args, out_dir: Path) -> dict:
-    script, title = BENCHMARKS[name]
+    script, title, *preset = BENCHMARKS.get(name) or AT_SIZE[name]
     json_path = out_dir / f"{name}.json"
     json_path.unlink(missing_ok=True)
     command = [sys.executable, str(benchlib.HERE / script), "--threads", str(args.threads),
                "--json", str(json_path)] + (["--quick"] if args.quick else []) \
-        + [x for kv in args.set or [] for x in ("--set", kv)]
+        + [x for kv in [*(preset[0] if preset else []), *(args.set or [])] for x in ("--set", kv)]
     started = time.perf_counter()
     try:
         # the child's table goes to our stdout; its progress to our stderr
@@ -72,7 +85,8 @@ def main() -> int:
                         help="Tiny settings; every code path runs, the numbers mean nothing.")
     parser.add_argument("--out", help="Directory for results.json and RESULTS.md (default: "
                                       "benchmarks/, or a new temp directory with --quick).")
-    parser.add_argument("--only", help=f"Comma-separated subset of: {', '.join(BENCHMARKS)}.")
+    parser.add_argument("--only", help=f"Comma-separated subset of: {', '.join(BENCHMARKS)}; or "
+                                       f"at real size (only when named): {', '.join(AT_SIZE)}.")
     parser.add_argument("--threads", type=int, default=benchlib.default_threads(),
                         help="CPU threads for every engine (default: all cores).")
     parser.add_argument("--note", help="A sentence on the conditions of the run (e.g. other work "
@@ -92,9 +106,10 @@ def main() -> int:
     if args.quick and args.timeout is None:
         args.timeout = 900
     names = args.only.split(",") if args.only else list(BENCHMARKS)
-    unknown = [n for n in names if n not in BENCHMARKS]
+    unknown = [n for n in names if n not in BENCHMARKS and n not in AT_SIZE]
     if unknown:
-        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from "
+                     f"{', '.join([*BENCHMARKS, *AT_SIZE])}")
     if args.out:
         out_dir = Path(args.out)
     elif args.quick:
@@ -205,11 +220,11 @@ def markdown(record: dict) -> str:
     for name, result in record["benchmarks"].items():
         for r in result["rows"]:
             if r.get("headline"):
-                lines.append(f"| {BENCHMARKS[name][1]} | {cell(r['metric'])} | "
+                lines.append(f"| {title_of(name)} | {cell(r['metric'])} | "
                              f"{benchlib.format_value(r['value'], r['unit'])} | {cell(r['aim'])} |")
     lines.append("")
     for i, (name, result) in enumerate(record["benchmarks"].items(), 1):
-        lines += [f"## {i}. {BENCHMARKS[name][1]}", "",
+        lines += [f"## {i}. {title_of(name)}", "",
                   f"Status: **{result['status']}**, {result['seconds']:.0f} s. Settings: "
                   + ", ".join(f"{k}={cell(v)}" for k, v in result["settings"].items()
                               if k != "messages") + ".", ""]

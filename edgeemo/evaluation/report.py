@@ -98,8 +98,11 @@ def markdown_report(result: dict) -> str:
     for r in REGIMES:
         lines.append(f"| {r} | {_pct(sm['regimes']['overall'][r])} "
                      f"(baseline {_pct(sm['regimes']['baseline'][r])}) |")
+    by_strength = sm["drift"].get("per_strength") or {}
     lines.append(f"| language drift | {sm['drift']['steered']} steered replies "
-                 f"(baseline {sm['drift']['baseline']}) |")
+                 f"(baseline {sm['drift']['baseline']})"
+                 + ("; per strength " + ", ".join(f"{k}: {_pct(v)}" for k, v in by_strength.items())
+                    if len(by_strength) > 1 else "") + " |")
     t = result.get("timing", {})
     if t:
         lines.append(f"| time | {t['total_seconds']:.0f} s, {t['seconds_per_reply']:.2f} s per "

@@ -202,6 +202,8 @@ def summarize(result: dict) -> dict:
     drifted = [s for s in samples if s["drift"]["drifted"]]
     drift = {
         "steered": len(drifted), "steered_share": _rate([s["drift"]["drifted"] for s in samples]),
+        "per_strength": {k: _rate([s["drift"]["drifted"] for s in where(strength=k)])
+                         for k in keys},
         "baseline": sum(b["drift"]["drifted"] for b in result["baseline"]),
         "scripts": dict(Counter(x for s in drifted for x in s["drift"]["foreign_scripts"])),
         "examples": [{"emotion": s["emotion"], "strength": s["strength"],
