@@ -65,18 +65,30 @@ class EmotionModel:
         """Token ids of a conversation, ready for the assistant's turn (see :func:`prompt_ids`)."""
         return prompt_ids(self.llm, messages)
 
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of plain text to continue (no chat template), after the BOS token."""
+        if not isinstance(text, str) or not text.strip():
+            raise EdgeemoError("the prompt is empty: give some text to continue")
+        return self.llm.tokenize(_utf8(text), add_bos=True, special=False)
+
     def token_text(self, token: int) -> str:
         return token_text(self.llm, token)
 
     # --- generation ------------------------------------------------------------------------
 
     def stream_ids(self, prompt_ids: list[int], *, max_tokens: int = 200, temperature: float = 0.7,
-                   top_p: float = 0.95, repeat_penalty: float = 1.1,
-                   seed: int | None = None, steer_prompt: bool | None = None) -> Iterator[int]:
+                   top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
+                   repeat_penalty: float = 1.1, frequency_penalty: float = 0.0,
+                   presence_penalty: float = 0.0, seed: int | None = None,
+                   steer_prompt: bool | None = None, grammar=None,
+                   logits_processor=None) -> Iterator[int]:
         """Yield generated token ids until end of turn or ``max_tokens``.
 
         ``steer_prompt`` (default: the model's setting) steers the prompt's tokens as well as the
-        reply's; otherwise the prompt is evaluated unsteered (see :meth:`_prepare`).
+        reply's; otherwise the prompt is evaluated unsteered (see :meth:`_prepare`). The sampling
+        options are llama.cpp's (``Llama.generate``); ``grammar`` is a ``llama_cpp.LlamaGrammar``
+        the reply must follow, and ``logits_processor`` sees (and may change) each token's logits
+        before sampling.
         """
         if not prompt_ids:
             raise EdgeemoError("the prompt is empty: give some text to respond to")
@@ -100,8 +112,11 @@ class EmotionModel:
         greedy = temperature <= 0
         produced = 0
         for token in self.llm.generate(prompt_ids, temp=max(temperature, 0.0),
-                                       top_k=1 if greedy else 40, top_p=top_p,
-                                       repeat_penalty=repeat_penalty, reset=True):
+                                       top_k=1 if greedy else top_k, top_p=top_p, min_p=min_p,
+                                       repeat_penalty=repeat_penalty,
+                                       frequency_penalty=frequency_penalty,
+                                       presence_penalty=presence_penalty, grammar=grammar,
+                                       logits_processor=logits_processor, reset=True):
             if self._eog(self._vocab, token):
                 break
             yield token
