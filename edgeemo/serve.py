@@ -21,7 +21,9 @@ Isolation. The server holds ``parallel`` workers, each an :class:`~edgeemo.steer
 with its own llama.cpp context (its own control vector and KV cache) and its own thread. A request
 takes an idle worker, sets its steering (``steer(mix)`` or ``clear()``, which also drops the
 worker's cached prompt, so a reply never depends on the request before it) and generates; then the
-worker goes back to the pool. Requests beyond ``parallel`` wait in a queue of ``queue_size``; when
+worker goes back to the pool. With ``prompt_cache`` the worker keeps the part of its cache the new
+steering can use (``keep_cache=True``): the prompt read unsteered, and an earlier reply only if it
+was steered as this one is; ``usage.prompt_tokens_details.cached_tokens`` says how much was reused. Requests beyond ``parallel`` wait in a queue of ``queue_size``; when
 that is full the answer is 503. llama.cpp maps the GGUF file into memory, so the workers share one
 copy of the weights (the page cache); each worker adds its KV cache and compute buffers (about
 75 MB for SmolLM2-135M at n_ctx 2048).
@@ -250,16 +252,17 @@ class Job:
     """One completion, run on a worker; its events go to the event loop as they happen.
 
     Events: ("start", applied mix, prompt tokens), ("text", piece, logprob entries of the tokens
-    it completes), ("end", finish reason or None if stopped, completion tokens), ("error",
-    exception). ``stop`` is set when the client has gone; the worker checks it between tokens.
+    it completes), ("end", finish reason or None if stopped, completion tokens, prompt tokens
+    found cached), ("error", exception). ``stop`` is set when the client has gone; the worker checks it between tokens.
     """
 
     def __init__(self, mix: dict, prompt: list[dict] | str, options: Sampling, *,
-                 time_limit: float | None = None):
+                 time_limit: float | None = None, keep_cache: bool = False):
         self.mix = mix
         self.prompt = prompt                # chat messages, or text to continue
         self.options = options
         self.time_limit = time_limit        # seconds of generation; then finish "length"
+        self.keep_cache = keep_cache        # start from the worker's cached prompt
         self.stop = threading.Event()
         self.events: asyncio.Queue = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
@@ -274,11 +277,14 @@ class Job:
         try:
             if self.stop.is_set():                       # the client left before its turn
                 pool.count("cancelled")
-                self.emit("end", None, 0)
+                self.emit("end", None, 0, 0)
                 return
             # this request's steering, whatever the worker did before (steer and clear also
-            # drop the cached prompt, so the reply is the one a fresh model would give)
-            applied = runtime.steer(self.mix) if self.mix else runtime.clear()
+            # drop the cached prompt, so the reply is the one a fresh model would give, unless
+            # the cache is kept: then only what this steering cannot reuse is dropped)
+            keep = self.keep_cache
+            applied = runtime.steer(self.mix, keep_cache=keep) if self.mix else \
+                runtime.clear(keep_cache=keep)
             if isinstance(self.prompt, str):
                 ids = runtime.text_ids(self.prompt)
             else:
@@ -295,7 +301,7 @@ class Job:
             finish, produced = self.generate(ids)
             pool.count("completed" if finish else "cancelled")
             pool.count("tokens", produced)
-            self.emit("end", finish, produced)
+            self.emit("end", finish, produced, runtime.reused_tokens)
         except (APIError, EdgeemoError) as exc:
             pool.count("failed")
             self.emit("error", exc)
@@ -456,7 +462,7 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
                n_ctx: int = 2048, max_body: int = MAX_BODY,
                max_tokens: int = DEFAULT_MAX_TOKENS, max_tokens_limit: int | None = None,
                time_limit: float | None = None, cors_origins: list[str] | tuple = (),
-               emotion: str | None = None) -> FastAPI:
+               emotion: str | None = None, prompt_cache: bool = False) -> FastAPI:
     """A FastAPI app serving ``model`` (a name, a .gguf path or a Model; default: the default
     model) with ``parallel`` workers.
 
@@ -472,6 +478,8 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
         time_limit: seconds a request may generate; its reply then ends (finish "length").
         cors_origins: origins a browser page may call the server from ("*": any).
         emotion: the steering of requests that name none (as their ``emotion`` field).
+        prompt_cache: keep each worker's cached prompt from one request to the next (see
+            ``EmotionModel.steer(keep_cache=True)``): a chat's next turn reads only what is new.
 
     Raises:
         EdgeemoError: an unknown model, or bad settings.
@@ -631,7 +639,7 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
         options = sampling(body, n_vocab=n_vocab, max_tokens=default_max_tokens)
         options.max_tokens = min(options.max_tokens, longest)
         mix = requested_mix(body, resolved.name, available, default_mix)
-        return Job(mix, prompt, options, time_limit=time_limit)
+        return Job(mix, prompt, options, time_limit=time_limit, keep_cache=prompt_cache)
 
     async def begin(job: Job, request: Request):
         """Queue ``job``, run it on a worker and wait for its start. Returns (the start event,
@@ -678,13 +686,13 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
                 elif event[0] == "error":
                     return error_response(event[1])
                 else:
-                    _, finish, completion_tokens = event
+                    _, finish, completion_tokens, cached = event
                     break
         finally:
             job.stop.set()
             watcher.cancel()
         return shape.whole("".join(pieces), entries, finish or "stop",
-                           usage(prompt_tokens, completion_tokens))
+                           usage(prompt_tokens, completion_tokens, cached))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
@@ -728,11 +736,11 @@ async def sse(job: Job, watcher, shape: Shape, prompt_tokens: int, include_usage
                 yield data(json.loads(error_response(event[1]).body))
                 break
             else:
-                _, finish, completion_tokens = event
+                _, finish, completion_tokens, cached = event
                 yield data(shape.chunk(None, [], finish or "stop"))
                 if include_usage:
                     yield data({**shape.chunk(None, []), "choices": [],
-                                "usage": usage(prompt_tokens, completion_tokens)})
+                                "usage": usage(prompt_tokens, completion_tokens, cached)})
                 break
         yield "data: [DONE]\n\n"
     finally:
@@ -833,9 +841,10 @@ def unexpected_error() -> APIError:
                     type="server_error")
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, cached: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

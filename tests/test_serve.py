@@ -853,3 +853,37 @@ def test_serve_refuses_a_bad_default_emotion_in_one_line(default_gguf):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: the server's default emotion: unknown emotion 'xyzzy'")
     assert "Traceback" not in result.output
+
+
+# --- the prompt cache ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cached(default_gguf):
+    """One worker that keeps its cached prompt from one request to the next."""
+    yield from serve(prompt_cache=True)
+
+
+@pytest.mark.slow
+def test_the_prompt_cache_keeps_a_chats_earlier_turns_but_no_other_steering(cached):
+    """Each turn reads only what is new; a steering change drops the positions read steered."""
+    library = EmotionModel(models.resolve(MODEL), threads=1)       # the same calls, in-process
+    client = cached.client()
+    turns = [("fear", PROMPT), ("fear", "What happened next?"), ("calm", "And then?"),
+             (None, "How did it end?")]
+    messages, prompts, found = [], [], []
+    try:
+        for emotion, said in turns:
+            messages = messages + user(said)
+            reply = chat(client, messages, emotion, max_tokens=12)
+            text = reply.choices[0].message.content
+            library.steer(emotion, keep_cache=True) if emotion else library.clear(keep_cache=True)
+            assert text == library.generate(messages, max_tokens=12, repeat_penalty=1.0, **GREEDY)
+            prompts.append(len(library.prompt_ids(messages)))
+            found.append(reply.usage.prompt_tokens_details.cached_tokens)
+            messages = messages + [{"role": "assistant", "content": text}]
+    finally:
+        library.close()
+    assert found[0] == 0                          # a fresh worker
+    assert found[1] >= prompts[0]                 # turn 1, its steered reply included, reused
+    assert found[2] == prompts[0] - 1             # calm: from turn 1's first steered position on,
+    assert found[3] == prompts[2] - 1             # and unsteered: from turn 3's, read again
