@@ -24,7 +24,8 @@ from .errors import require
 @click.option("--threads", type=click.IntRange(1, 256),
               help="llama.cpp threads per worker (default: the cores shared out among workers).")
 @click.option("--n-ctx", type=click.IntRange(64, 131072), default=2048, show_default=True,
-              help="Context of each worker, in tokens (prompt + max_tokens must fit).")
+              help="Context of each worker, in tokens (prompt and reply; a reply is cut "
+                   "where it is full).")
 @click.option("--max-tokens", type=click.IntRange(1), default=200, show_default=True,
               help="Reply length for requests that give no max_tokens.")
 @click.option("--max-tokens-limit", type=click.IntRange(1),

@@ -23,8 +23,9 @@ takes an idle worker, sets its steering (``steer(mix)`` or ``clear()``, which al
 worker's cached prompt, so a reply never depends on the request before it) and generates; then the
 worker goes back to the pool. With ``prompt_cache`` the worker keeps the part of its cache the new
 steering can use (``keep_cache=True``): the prompt read unsteered, and an earlier reply only if it
-was steered as this one is; ``usage.prompt_tokens_details.cached_tokens`` says how much was reused. Requests beyond ``parallel`` wait in a queue of ``queue_size``; when
-that is full the answer is 503. llama.cpp maps the GGUF file into memory, so the workers share one
+was steered as this one is; ``usage.prompt_tokens_details.cached_tokens`` says how much was
+reused. Requests beyond ``parallel`` wait in a queue of ``queue_size``; when that is full the
+answer is 503. llama.cpp maps the GGUF file into memory, so the workers share one
 copy of the weights (the page cache); each worker adds its KV cache and compute buffers (about
 75 MB for SmolLM2-135M at n_ctx 2048).
 
@@ -253,7 +254,8 @@ class Job:
 
     Events: ("start", applied mix, prompt tokens), ("text", piece, logprob entries of the tokens
     it completes), ("end", finish reason or None if stopped, completion tokens, prompt tokens
-    found cached), ("error", exception). ``stop`` is set when the client has gone; the worker checks it between tokens.
+    found cached), ("error", exception). ``stop`` is set when the client has gone; the worker
+    checks it between tokens.
     """
 
     def __init__(self, mix: dict, prompt: list[dict] | str, options: Sampling, *,

@@ -135,9 +135,8 @@ def check_extra(body: GenerationRequest) -> None:
             continue
         if name in REFUSED:
             raise APIError(400, f"{name}: {REFUSED[name]}", param=name, code="unsupported_field")
-        raise APIError(400, f"unknown field {name!r}: leave it out (GET /v1/models and the "
-                            f"README list what the server reads)", param=name,
-                       code="unsupported_field")
+        raise APIError(400, f"unknown field {name!r}: this server does not read it, so leave "
+                            f"it out", param=name, code="unsupported_field")
 
 
 # --- what a request asks the generation for ----------------------------------------------------
