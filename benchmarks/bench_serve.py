@@ -3,6 +3,7 @@
     python benchmarks/bench_serve.py                    # 1, 4, 8 clients; --parallel 1 and 2
     python benchmarks/bench_serve.py --quick            # 1 and 2 clients, 4 tokens
     python benchmarks/bench_serve.py --set max_tokens=64 --set per_client=3
+    python benchmarks/bench_serve.py --quick --set turns=10 --set max_tokens=32   # a short run
 
 ``edgeemo serve`` runs as its own process on a free loopback port (the default model, one
 llama.cpp thread per worker unless --threads gives more to share out), once with ``--parallel 1``
@@ -13,6 +14,11 @@ Reported per cell: requests/s (requests over the wall time of the cell), median 
 percentile latency (request to ``[DONE]``) and median time to first token (request to the first
 chunk with text). The server's memory is read from /proc after its load: resident set, and the
 proportional set size (PSS), which counts pages of the GGUF that several workers map only once.
+
+Multi-turn chat: one client holds a ``turns``-turn conversation (steered, greedy, ``max_tokens``
+tokens a reply, each turn sending the whole conversation so far) with a one-worker server, once
+without and once with ``--prompt-cache``; reported: the time to first token of the last turn, and
+the prompt tokens the server found cached (``usage.prompt_tokens_details.cached_tokens``).
 """
 
 from __future__ import annotations
@@ -32,8 +38,14 @@ import benchlib
 FULL = {"model": benchlib.DEFAULT_MODEL, "parallel": [1, 2], "clients": [1, 4, 8],
         "per_client": 2, "max_tokens": 32, "emotion": "afraid",
         "messages": [{"role": "system", "content": "You are a friendly assistant."},
-                     {"role": "user", "content": "Hi! How was your day?"}]}
-QUICK = {"clients": [1, 2], "per_client": 1, "max_tokens": 4}
+                     {"role": "user", "content": "Hi! How was your day?"}],
+        "turns": 10}
+QUICK = {"clients": [1, 2], "per_client": 1, "max_tokens": 4, "turns": 3}
+# what the user says in turn 2, 3, ... of the multi-turn chat (turn 1 is ``messages``)
+FOLLOW_UPS = ["What did you have for breakfast?", "Tell me more about that.", "Why?",
+              "What happened next?", "How did that make you feel?", "And then?",
+              "What would you do differently?", "Who else was there?", "How did it end?",
+              "What will you do tomorrow?"]
 
 
 def free_port() -> int:
@@ -43,14 +55,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(model: str, parallel: int, threads: int, clients: int):
+def server(model: str, parallel: int, threads: int, clients: int, *options: str):
     """``edgeemo serve`` in a subprocess; yields (base url, pid) once /health answers."""
     import httpx
 
     port = free_port()
     command = [sys.executable, "-m", "edgeemo", "serve", model, "--port", str(port),
                "--parallel", str(parallel), "--threads", str(threads),
-               "--queue", str(max(16, clients))]
+               "--queue", str(max(16, clients)), *options]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -90,19 +102,44 @@ def memory_mb(pid: int) -> dict:
 
 
 def one_request(http, url: str, body: dict) -> dict:
-    """One streamed completion: latency, time to first text, status."""
+    """One streamed completion: latency, time to first text, status, text and usage."""
     started = time.perf_counter()
-    first = None
+    first, text, counted = None, "", None
     with http.stream("POST", url + "/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
             return {"status": response.status_code, "latency": None, "first": None}
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            if first is None and any(c["delta"].get("content")
-                                     for c in json.loads(line[6:])["choices"]):
+            doc = json.loads(line[6:])
+            counted = doc.get("usage") or counted
+            piece = "".join(c["delta"].get("content") or "" for c in doc["choices"])
+            if first is None and piece:
                 first = time.perf_counter() - started
-    return {"status": 200, "latency": time.perf_counter() - started, "first": first}
+            text += piece
+    return {"status": 200, "latency": time.perf_counter() - started, "first": first,
+            "text": text, "usage": counted}
+
+
+def chat_turns(url: str, settings: dict) -> list[dict]:
+    """One conversation of ``turns`` turns, each sending all of it so far; one result a turn."""
+    import httpx
+
+    messages, results = list(settings["messages"]), []
+    with httpx.Client(timeout=600) as http:
+        for turn in range(settings["turns"]):
+            if turn:
+                messages.append({"role": "user",
+                                 "content": FOLLOW_UPS[(turn - 1) % len(FOLLOW_UPS)]})
+            result = one_request(http, url, {
+                "messages": messages, "max_tokens": settings["max_tokens"], "temperature": 0,
+                "seed": 0, "stream": True, "stream_options": {"include_usage": True},
+                "emotion": settings["emotion"]})
+            if result["status"] != 200:
+                raise RuntimeError(f"turn {turn + 1} failed with {result['status']}")
+            results.append(result)
+            messages.append({"role": "assistant", "content": result["text"]})
+    return results
 
 
 def cell(url: str, clients: int, per_client: int, body: dict) -> dict:
@@ -204,6 +241,31 @@ def run(quick: bool = False, threads: int | None = None,
                             f"per worker in RSS, once in PSS) and anonymous "
                             f"{memory.get('RssAnon', 0):.0f} MB")
     report.data["cells"] = benchlib.rounded(cells, 4)
+    chats = {}
+    for label, options in (("without the prompt cache", ()),
+                           ("with --prompt-cache", ("--prompt-cache",))):
+        with report.part(f"multi-turn chat, {label}"):
+            with server(settings["model"], 1, threads, 1, *options) as (url, _):
+                chats[label] = chat_turns(url, settings)
+            last = chats[label][-1]
+            found = last["usage"]["prompt_tokens_details"]["cached_tokens"]
+            report.row(f"multi-turn chat, turn {settings['turns']}, {label}: time to first token",
+                       1000 * last["first"], "ms", headline=True,
+                       note=f"{last['usage']['prompt_tokens']} prompt tokens, {found} found "
+                            f"cached; {settings['max_tokens']}-token replies, steered")
+    report.data["chat_turns"] = {label: [benchlib.rounded(
+        {"first_token_s": r["first"], "latency_s": r["latency"],
+         "prompt_tokens": r["usage"]["prompt_tokens"],
+         "cached_tokens": r["usage"]["prompt_tokens_details"]["cached_tokens"]}, 4)
+        for r in results] for label, results in chats.items()}
+    with contextlib.suppress(KeyError, IndexError):
+        same = sum(a["text"] == b["text"] for a, b in zip(chats["without the prompt cache"],
+                                                          chats["with --prompt-cache"]))
+        report.data["chat_same_replies"] = same
+        report.note(f"multi-turn chat: {same} of {settings['turns']} replies the same with and "
+                    f"without the cache (with it, an earlier reply steered as the next one is "
+                    f"kept as it was generated, steered, as in `edgeemo chat`; without it, the "
+                    f"whole conversation is read unsteered)")
     for clients in settings["clients"]:
         with contextlib.suppress(KeyError, TypeError):
             steered = cells[f"parallel=1 clients={clients} steered"]["requests_per_s"]

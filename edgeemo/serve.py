@@ -10,24 +10,36 @@
         extra_body={"emotion": "afraid"})          # or "joy:0.06,calm:0.03", or {"afraid": 0.08}
     print(reply.choices[0].message.content, reply.model_extra["emotion"])
 
-Endpoints: ``POST /v1/chat/completions`` (streamed as server-sent events, or not), ``GET
-/v1/models``, ``GET /v1/emotions``, ``POST /v1/probe`` (needs the model's ONNX export) and ``GET
-/health``. ``emotion`` and ``steer_prompt`` mean what ``--emotion`` and ``--steer-prompt`` mean in
-``edgeemo generate``: only the reply is steered unless ``steer_prompt`` is true.
+Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (streamed as server-sent
+events, or not), ``GET /v1/models``, ``GET /v1/emotions``, ``POST /v1/probe`` (needs the model's
+ONNX export) and ``GET /health``. ``emotion`` and ``steer_prompt`` mean what ``--emotion`` and
+``--steer-prompt`` mean in ``edgeemo generate``: only the reply is steered unless ``steer_prompt``
+is true. A client that cannot send ``emotion`` names it in the model: ``"<model>:afraid"`` or
+``"<model>:afraid:0.06"``. The request fields and what each does are in ``serve_schema.py``.
 
 Isolation. The server holds ``parallel`` workers, each an :class:`~edgeemo.steer.EmotionModel`
 with its own llama.cpp context (its own control vector and KV cache) and its own thread. A request
 takes an idle worker, sets its steering (``steer(mix)`` or ``clear()``, which also drops the
 worker's cached prompt, so a reply never depends on the request before it) and generates; then the
-worker goes back to the pool. Requests beyond ``parallel`` wait in a queue of ``queue_size``; when
-that is full the answer is 503. llama.cpp maps the GGUF file into memory, so the workers share one
+worker goes back to the pool. With ``prompt_cache`` the worker keeps the part of its cache the new
+steering can use (``keep_cache=True``): the prompt read unsteered, and an earlier reply only if it
+was steered as this one is; ``usage.prompt_tokens_details.cached_tokens`` says how much was
+reused. Requests beyond ``parallel`` wait in a queue of ``queue_size``; when that is full the
+answer is 503. llama.cpp maps the GGUF file into memory, so the workers share one
 copy of the weights (the page cache); each worker adds its KV cache and compute buffers (about
 75 MB for SmolLM2-135M at n_ctx 2048).
 
 Disconnects. Each request has a stop flag, set when the client goes away (the ASGI server's
 ``http.disconnect``) or when a stream is closed; the worker checks it between tokens, so at most
 one more token is computed before the worker is free again. A client that leaves while waiting in
-the queue gives up its place.
+the queue gives up its place. The probe waits in the same queue and holds a worker while it reads.
+
+Limits. A reply is cut (finish_reason "length") at the request's ``max_tokens``, at the server's
+``max_tokens_limit``, where the context is full, or when its generation has taken ``time_limit``
+seconds; only a prompt that leaves no room in the context is a 400.
+
+Browsers. ``cors_origins`` lists the origins whose pages may call the server; their preflight
+requests are answered before the API key is checked (they never carry it).
 
 Errors are OpenAI-style JSON, ``{"error": {"message", "type", "param", "code"}}``: an EdgeemoError
 (a bad emotion, strength or prompt) is a 400; anything unexpected is a 500 whose details stay in
@@ -46,7 +58,8 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+
+import numpy as np
 
 from .errors import require
 
@@ -55,11 +68,13 @@ require("serve", "fastapi", "uvicorn")
 from fastapi import FastAPI, Request  # noqa: E402  (after the check for the serve extra)
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
+from starlette.middleware.cors import CORSMiddleware  # noqa: E402
 
 from . import __version__, emotions, models  # noqa: E402
 from .errors import EdgeemoError, UnknownEmotion  # noqa: E402
+from .serve_schema import (APIError, ChatRequest, CompletionRequest,  # noqa: E402
+                           GenerationRequest, ProbeRequest, Sampling, sampling)
 from .steer import EmotionModel, check_messages, find_vector, looks_like_file  # noqa: E402
 from .vectors import ControlVector, check_strength, recommended_strength  # noqa: E402
 
@@ -68,71 +83,6 @@ log = logging.getLogger("edgeemo.serve")
 DEFAULT_MAX_TOKENS = 200        # when a request gives none (as in `edgeemo chat`)
 MAX_BODY = 1_000_000            # bytes; a larger request body is a 413
 PROBE_MAX_CHARS = 4000          # the probe reads the whole text at once in onnxruntime
-
-
-# --- errors ------------------------------------------------------------------------------------
-
-class APIError(Exception):
-    """An error answered as OpenAI-style JSON with an HTTP status."""
-
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message = status, message
-        self.type, self.param, self.code = type, param, code
-
-    def response(self, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse(error_body(self.message, self.type, self.param, self.code),
-                            status_code=self.status, headers=headers)
-
-
-def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-HTTP_TYPES = {401: "authentication_error"}          # the error type of other statuses below 500
-
-
-# --- the request body --------------------------------------------------------------------------
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-
-    def plain(self) -> dict:
-        """{"role", "content"} with the content as text (a list of text parts is joined)."""
-        content = self.content
-        if isinstance(content, list):
-            if any(part.get("type") != "text" or not isinstance(part.get("text"), str)
-                   for part in content):
-                raise APIError(400, "only text content parts ({'type': 'text', 'text': ...}) are "
-                                    "supported", param="messages")
-            content = "".join(part["text"] for part in content)
-        return {"role": self.role, "content": content or ""}
-
-
-class ChatRequest(BaseModel):
-    """The fields of an OpenAI chat completion request that edgeemo uses, plus ``emotion`` and
-    ``steer_prompt``. Other fields OpenAI clients send (``user``, ``logprobs``, …) are ignored."""
-    model_config = ConfigDict(extra="allow")
-    messages: list[Message]
-    model: str | None = None                     # any name is accepted: one model is loaded
-    max_tokens: StrictInt | None = None
-    max_completion_tokens: StrictInt | None = None
-    temperature: float = Field(0.7, ge=0, le=5, allow_inf_nan=False)    # 0 = greedy
-    top_p: float = Field(0.95, gt=0, le=1, allow_inf_nan=False)
-    seed: StrictInt | None = Field(None, ge=0, lt=2**32)                 # None: a fresh one
-    stop: str | list[str] | None = None
-    stream: StrictBool = False
-    stream_options: dict[str, Any] | None = None
-    n: StrictInt = 1
-    emotion: str | dict[str, Any] | None = None
-    steer_prompt: StrictBool = False
-
-
-class ProbeRequest(BaseModel):
-    text: str
 
 
 # --- emotions ----------------------------------------------------------------------------------
@@ -154,9 +104,11 @@ def available_emotions(model: models.Model) -> dict[str, dict]:
     return found
 
 
-def parse_emotion(value, available: dict[str, dict]) -> dict[str, float | None]:
-    """The ``emotion`` field as ``{canonical name: strength or None}`` (None: the vector's
-    calibrated strength); ``{}`` for no steering. Raises APIError (400) for anything else."""
+def parse_emotion(value, available: dict[str, dict], param: str = "emotion"
+                  ) -> dict[str, float | None]:
+    """An emotion (a name, "joy:0.06,calm:0.03" or {"afraid": 0.08}) as ``{canonical name:
+    strength or None}`` (None: the vector's calibrated strength); ``{}`` for no steering. Raises
+    APIError (400, naming ``param``) for anything else."""
     try:
         if value is None or value == "" or value == {}:
             return {}
@@ -180,10 +132,32 @@ def parse_emotion(value, available: dict[str, dict]) -> dict[str, float | None]:
                                    f"{', '.join(available) or 'none'} (make one with "
                                    f"`edgeemo export-vector --emotion {name}`)")
     except EdgeemoError as exc:
-        raise APIError(400, f"emotion: {exc}", param="emotion",
+        raise APIError(400, f"{param}: {exc}", param=param,
                        code="unknown_emotion" if isinstance(exc, UnknownEmotion)
                        else "invalid_emotion") from None
     return mix
+
+
+def requested_mix(body: GenerationRequest, served: str, available: dict[str, dict],
+                  default: dict) -> dict[str, float | None]:
+    """The steering a request asks for: its ``emotion`` field, else the emotion named in its
+    model (``"<model>:<emotion>"`` or ``"<model>:<emotion>:<strength>"``), else the server's
+    default. A model name without ':' is the served model, whatever it says."""
+    name, colon, alias = (body.model or "").partition(":")
+    if colon and name != served:
+        raise APIError(404, f"the model {body.model!r} does not exist: this server has {served} "
+                            f"and {served}:<emotion> (GET /v1/models lists them)",
+                       param="model", code="model_not_found")
+    if colon and body.emotion is not None:
+        raise APIError(400, "the emotion is given twice, in model and in emotion: give one",
+                       param="emotion")
+    if body.emotion is not None:
+        return parse_emotion(body.emotion, available)
+    if colon:
+        if not alias:
+            raise APIError(400, f"model: name an emotion after '{served}:'", param="model")
+        return parse_emotion(alias, available, param="model")
+    return default
 
 
 # --- the worker pool ---------------------------------------------------------------------------
@@ -237,6 +211,29 @@ class WorkerPool:
     def _got(self, _future) -> None:
         self.waiting -= 1
 
+    async def take(self, gone: asyncio.Future) -> EmotionModel | None:
+        """An idle worker once one is free, or None if ``gone`` (the client left) ends first.
+
+        Raises QueueFull. Whatever way the wait ends (the client gone, or this coroutine
+        cancelled), a worker that was handed over meanwhile goes back to the pool.
+        """
+        getting = self.acquire()
+        try:
+            await asyncio.wait({getting, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self._give_up(getting)
+            raise
+        if gone.done():
+            self._give_up(getting)
+            return None
+        return getting.result()
+
+    def _give_up(self, getting: asyncio.Future) -> None:
+        if getting.done() and not getting.cancelled():
+            self.release(getting.result())
+        else:
+            getting.cancel()
+
     def count(self, what: str, n: int = 1) -> None:
         with self._lock:
             self.stats[what] += n
@@ -253,19 +250,21 @@ class WorkerPool:
 
 
 class Job:
-    """One chat completion, run on a worker; its events go to the event loop as they happen.
+    """One completion, run on a worker; its events go to the event loop as they happen.
 
-    Events: ("start", applied mix, prompt tokens), ("text", piece), ("end", finish reason or
-    None if stopped, completion tokens), ("error", exception). ``stop`` is set when the client
-    has gone; the worker checks it between tokens.
+    Events: ("start", applied mix, prompt tokens), ("text", piece, logprob entries of the tokens
+    it completes), ("end", finish reason or None if stopped, completion tokens, prompt tokens
+    found cached), ("error", exception). ``stop`` is set when the client has gone; the worker
+    checks it between tokens.
     """
 
-    def __init__(self, mix: dict, messages: list[dict], *, max_tokens: int, temperature: float,
-                 top_p: float, seed: int, stop: list[str], steer_prompt: bool):
-        self.mix, self.messages = mix, messages
-        self.options = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-                        "seed": seed, "steer_prompt": steer_prompt}
-        self.stop_strings = stop
+    def __init__(self, mix: dict, prompt: list[dict] | str, options: Sampling, *,
+                 time_limit: float | None = None, keep_cache: bool = False):
+        self.mix = mix
+        self.prompt = prompt                # chat messages, or text to continue
+        self.options = options
+        self.time_limit = time_limit        # seconds of generation; then finish "length"
+        self.keep_cache = keep_cache        # start from the worker's cached prompt
         self.stop = threading.Event()
         self.events: asyncio.Queue = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
@@ -280,23 +279,31 @@ class Job:
         try:
             if self.stop.is_set():                       # the client left before its turn
                 pool.count("cancelled")
-                self.emit("end", None, 0)
+                self.emit("end", None, 0, 0)
                 return
             # this request's steering, whatever the worker did before (steer and clear also
-            # drop the cached prompt, so the reply is the one a fresh model would give)
-            applied = runtime.steer(self.mix) if self.mix else runtime.clear()
-            ids = runtime.prompt_ids(self.messages)
-            n_ctx, max_tokens = runtime.llm.n_ctx(), self.options["max_tokens"]
-            if len(ids) + max_tokens > n_ctx:
-                raise APIError(400, f"the prompt is {len(ids)} tokens and max_tokens is "
-                                    f"{max_tokens}, but the context holds {n_ctx}: shorten the "
-                                    f"messages or lower max_tokens", param="messages",
+            # drop the cached prompt, so the reply is the one a fresh model would give, unless
+            # the cache is kept: then only what this steering cannot reuse is dropped)
+            keep = self.keep_cache
+            applied = runtime.steer(self.mix, keep_cache=keep) if self.mix else \
+                runtime.clear(keep_cache=keep)
+            if isinstance(self.prompt, str):
+                ids = runtime.text_ids(self.prompt)
+            else:
+                ids = runtime.prompt_ids(self.prompt)
+            n_ctx = runtime.llm.n_ctx()
+            if len(ids) >= n_ctx:
+                raise APIError(400, f"the prompt is {len(ids)} tokens, but the context holds "
+                                    f"{n_ctx} with the reply: shorten the prompt",
+                               param="prompt" if isinstance(self.prompt, str) else "messages",
                                code="context_length_exceeded")
+            # a reply longer than the context's space left is cut there (finish "length")
+            self.options.max_tokens = min(self.options.max_tokens, n_ctx - len(ids))
             self.emit("start", applied, len(ids))
             finish, produced = self.generate(ids)
             pool.count("completed" if finish else "cancelled")
             pool.count("tokens", produced)
-            self.emit("end", finish, produced)
+            self.emit("end", finish, produced, runtime.reused_tokens)
         except (APIError, EdgeemoError) as exc:
             pool.count("failed")
             self.emit("error", exc)
@@ -311,31 +318,79 @@ class Job:
         """Emit the reply's text; returns (finish reason or None if stopped, tokens generated).
 
         The text is the detokenized ids so far, whole UTF-8 characters only (as
-        ``EmotionModel.stream``); text that may be the start of a stop string is held back.
+        ``EmotionModel.stream``); text that may be the start of a stop string is held back, and
+        the logprob entries of its tokens with it.
         """
-        runtime, tokens, shown = self.runtime, [], 0
-        text = ""
-        with contextlib.closing(runtime.stream_ids(ids, **self.options)) as stream:
+        runtime, options = self.runtime, self.options
+        logits = Logits(runtime, options.logit_bias, options.top_logprobs)
+        deadline = None if self.time_limit is None else time.monotonic() + self.time_limit
+        tokens, shown, text = [], 0, ""
+        pending = []                        # (where its text starts, logprob entry), not emitted
+        finish = None
+        with contextlib.closing(runtime.stream_ids(
+                ids, **options.generate_options(), logits_processor=logits.processors())) as stream:
             for token in stream:
                 if self.stop.is_set():
                     return None, len(tokens)
                 tokens.append(token)
+                if logits.top is not None:
+                    pending.append((len(text), logits.entry(token)))
                 text = runtime.llm.detokenize(tokens).decode("utf-8", errors="ignore")
-                cut = min((i for i in (text.find(s) for s in self.stop_strings) if i >= 0),
+                cut = min((i for i in (text.find(s) for s in options.stop) if i >= 0),
                           default=-1)
                 if cut >= 0:
-                    if cut > shown:
-                        self.emit("text", text[shown:cut])
-                    return "stop", len(tokens)
-                safe = len(text) - held_back(text, self.stop_strings)
+                    text, finish = text[:cut], "stop"
+                    pending = [p for p in pending if p[0] < cut]
+                    break
+                safe = len(text) - held_back(text, options.stop)
                 if safe > shown:
-                    self.emit("text", text[shown:safe])
-                    shown = safe
+                    self.emit("text", text[shown:safe], [e for _, e in pending])
+                    shown, pending = safe, []
+                if deadline is not None and time.monotonic() > deadline:
+                    finish = "length"                   # the time limit, as llama-server says
+                    break
         if self.stop.is_set():
             return None, len(tokens)
-        if len(text) > shown:
-            self.emit("text", text[shown:])
-        return ("length" if len(tokens) >= self.options["max_tokens"] else "stop"), len(tokens)
+        if len(text) > shown or pending:
+            self.emit("text", text[shown:], [e for _, e in pending])
+        if finish is None:
+            finish = "length" if len(tokens) >= options.max_tokens else "stop"
+        return finish, len(tokens)
+
+
+class Logits:
+    """What a request does with each token's logits before sampling: adds its ``logit_bias``,
+    and, if it wants logprobs, keeps the model's log probabilities (before bias and penalties)
+    for :meth:`entry`, as OpenAI reports them."""
+
+    def __init__(self, runtime: EmotionModel, bias: dict[int, float], top: int | None):
+        self.runtime, self.top = runtime, top
+        self.ids = np.array(list(bias), dtype=np.intc)
+        self.amounts = np.array(list(bias.values()), dtype=np.float32)
+        self.logprobs: np.ndarray | None = None     # (n_vocab,) of the token being sampled
+
+    def processors(self) -> list | None:
+        return [self] if self.top is not None or len(self.ids) else None
+
+    def __call__(self, input_ids, logits: np.ndarray) -> np.ndarray:
+        if self.top is not None:
+            shifted = logits.astype(np.float64) - logits.max()
+            self.logprobs = shifted - np.log(np.exp(shifted).sum())
+        logits[self.ids] += self.amounts
+        return logits
+
+    def entry(self, token: int) -> dict:
+        """{"token", "logprob", "bytes", "top_logprobs": the ``top`` likeliest} of ``token``."""
+        logprobs = self.logprobs
+        best = np.argpartition(-logprobs, self.top)[:self.top] if self.top else []
+        best = sorted(best, key=lambda i: -logprobs[i])
+        return {**self.described(token),
+                "top_logprobs": [self.described(int(i)) for i in best]}
+
+    def described(self, token: int) -> dict:
+        raw = self.runtime.llm.detokenize([token], special=True)
+        return {"token": raw.decode("utf-8", errors="replace"),
+                "logprob": float(self.logprobs[token]), "bytes": list(raw)}
 
 
 def held_back(text: str, stops: list[str]) -> int:
@@ -407,7 +462,9 @@ class Guard:
 def create_app(model: str | os.PathLike | models.Model | None = None, *, parallel: int = 1,
                queue_size: int = 16, api_key: str | None = None, threads: int | None = None,
                n_ctx: int = 2048, max_body: int = MAX_BODY,
-               max_tokens: int = DEFAULT_MAX_TOKENS) -> FastAPI:
+               max_tokens: int = DEFAULT_MAX_TOKENS, max_tokens_limit: int | None = None,
+               time_limit: float | None = None, cors_origins: list[str] | tuple = (),
+               emotion: str | None = None, prompt_cache: bool = False) -> FastAPI:
     """A FastAPI app serving ``model`` (a name, a .gguf path or a Model; default: the default
     model) with ``parallel`` workers.
 
@@ -416,9 +473,15 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
         queue_size: requests that may wait for a worker; one more is answered with 503.
         api_key: if set, every endpoint but /health wants ``Authorization: Bearer KEY``.
         threads: llama.cpp threads per worker (default: the cores shared out among the workers).
-        n_ctx: each worker's context, in tokens; prompt + max_tokens must fit in it.
+        n_ctx: each worker's context, in tokens; a reply is cut where it is full.
         max_body: the largest request body, in bytes (413 beyond).
         max_tokens: the reply length for requests that give none.
+        max_tokens_limit: the longest reply; a request asking for more gets this many at most.
+        time_limit: seconds a request may generate; its reply then ends (finish "length").
+        cors_origins: origins a browser page may call the server from ("*": any).
+        emotion: the steering of requests that name none (as their ``emotion`` field).
+        prompt_cache: keep each worker's cached prompt from one request to the next (see
+            ``EmotionModel.steer(keep_cache=True)``): a chat's next turn reads only what is new.
 
     Raises:
         EdgeemoError: an unknown model, or bad settings.
@@ -430,15 +493,26 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
                            f"{queue_size!r}")
     if api_key is not None and not api_key.strip():
         raise EdgeemoError("the API key is empty: give a secret string, or no API key")
+    if max_tokens_limit is not None and max_tokens_limit < 1:
+        raise EdgeemoError(f"the max tokens limit must be at least 1, not {max_tokens_limit}")
+    if time_limit is not None and not time_limit > 0:
+        raise EdgeemoError(f"the time limit must be a positive number of seconds, not "
+                           f"{time_limit}")
     resolved = model if isinstance(model, models.Model) else models.ensure(
         None if model is None else str(model))
+    available = available_emotions(resolved)
+    try:
+        default_mix = parse_emotion(emotion, available)
+    except APIError as exc:
+        raise EdgeemoError(f"the server's default {exc.message}") from None
     threads = threads or max(1, (os.cpu_count() or 1) // parallel)
     runtimes = []
     for _ in range(parallel):
         runtimes.append(EmotionModel(resolved, n_ctx=n_ctx, threads=threads))
     pool = WorkerPool(runtimes, queue_size)
-    available = available_emotions(resolved)
-    default_max_tokens = min(max_tokens, n_ctx)
+    n_vocab = runtimes[0].llm.n_vocab()
+    longest = min(max_tokens_limit or n_ctx, n_ctx)
+    default_max_tokens = min(max_tokens, longest)
     started = int(time.time())
     probe_lock = threading.Lock()
 
@@ -453,6 +527,9 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
     app.state.model = resolved
     app.state.probe = None                      # a probe.Probe, made on the first /v1/probe
     app.add_middleware(Guard, limit=max_body, api_key=api_key)
+    if cors_origins:                            # outside the guard: preflight needs no key
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["*"], max_age=600)
 
     # --- errors as OpenAI-style JSON ---
 
@@ -499,9 +576,12 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
 
     @app.get("/v1/models")
     async def list_models():
-        return {"object": "list", "data": [{"id": resolved.name, "object": "model",
-                                            "created": started, "owned_by": "edgeemo",
-                                            "n_ctx": n_ctx}]}
+        """The model, then one alias per emotion: "<model>:<emotion>" steers as that emotion."""
+        entry = {"object": "model", "created": started, "owned_by": "edgeemo", "n_ctx": n_ctx}
+        return {"object": "list", "data": [
+            {"id": resolved.name, **entry},
+            *({"id": f"{resolved.name}:{name}", **entry, "emotion": name,
+               "strength": e["strength"]} for name, e in available.items())]}
 
     @app.get("/v1/emotions")
     async def list_emotions():
@@ -509,7 +589,7 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
                 "data": [{k: v for k, v in e.items() if k != "path"} for e in available.values()]}
 
     @app.post("/v1/probe")
-    async def probe(body: ProbeRequest):
+    async def probe(body: ProbeRequest, request: Request):
         from . import export
 
         if export.cached_export(resolved, "fp32") is None:
@@ -529,11 +609,92 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
                     app.state.probe = Probe(resolved)
                 return app.state.probe.scores([text])[0]
 
-        ranked = await asyncio.get_running_loop().run_in_executor(None, scores)
+        # the probe waits its turn in the queue and holds a worker while it reads
+        watcher = asyncio.ensure_future(watch_disconnect(request, threading.Event()))
+        try:
+            runtime = await take_worker(watcher)
+            if runtime is None:
+                return JSONResponse({}, status_code=499)
+            try:
+                pool.count("requests")
+                ranked = await asyncio.get_running_loop().run_in_executor(pool.executor, scores)
+                pool.count("completed")
+            finally:
+                pool.release(runtime)
+        finally:
+            watcher.cancel()
         return {"object": "probe", "model": resolved.name, "text": text,
                 "ranking": [{"emotion": name, "score": round(score, 4)} for name, score in ranked]}
 
-    # --- chat completions ---
+    async def take_worker(watcher: asyncio.Future) -> EmotionModel | None:
+        try:
+            return await pool.take(watcher)
+        except QueueFull:
+            raise APIError(503, f"the server is busy: {parallel} requests are running and "
+                                f"{queue_size} waiting; try again shortly",
+                           type="server_error", code="queue_full") from None
+
+    # --- completions ---
+
+    def prepare(body: GenerationRequest, prompt: list[dict] | str) -> Job:
+        """The job a request asks for (raises APIError naming a bad field)."""
+        options = sampling(body, n_vocab=n_vocab, max_tokens=default_max_tokens)
+        options.max_tokens = min(options.max_tokens, longest)
+        mix = requested_mix(body, resolved.name, available, default_mix)
+        return Job(mix, prompt, options, time_limit=time_limit, keep_cache=prompt_cache)
+
+    async def begin(job: Job, request: Request):
+        """Queue ``job``, run it on a worker and wait for its start. Returns (the start event,
+        the disconnect watcher, which the caller stops) or (an early answer, None)."""
+        watcher = asyncio.ensure_future(watch_disconnect(request, job.stop))
+        running = False
+        try:
+            runtime = await take_worker(watcher)
+            if runtime is None:                        # the client left while it waited
+                return JSONResponse({}, status_code=499), None
+            pool.count("requests")
+            asyncio.get_running_loop().run_in_executor(pool.executor, job.run, pool, runtime)
+            first = await job.events.get()
+            if first[0] == "error":
+                return error_response(first[1]), None
+            if first[0] == "end":                      # stopped before it started
+                return JSONResponse({}, status_code=499), None
+            running = True
+            return first, watcher
+        finally:
+            if not running:                            # every early answer stops the watcher
+                job.stop.set()
+                watcher.cancel()
+
+    async def respond(job: Job, request: Request, body: GenerationRequest, shape: Shape):
+        first, watcher = await begin(job, request)
+        if watcher is None:
+            return first
+        _, applied, prompt_tokens = first
+        shape.header.update(emotion=applied, steer_prompt=job.options.steer_prompt)
+        if body.stream:
+            include_usage = bool((body.stream_options or {}).get("include_usage"))
+            return StreamingResponse(sse(job, watcher, shape, prompt_tokens, include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache",
+                                              "X-Accel-Buffering": "no"})
+        try:
+            pieces, entries = [], []
+            while True:
+                event = await job.events.get()
+                if event[0] == "text":
+                    pieces.append(event[1])
+                    entries += event[2]
+                elif event[0] == "error":
+                    return error_response(event[1])
+                else:
+                    _, finish, completion_tokens, cached = event
+                    break
+        finally:
+            job.stop.set()
+            watcher.cancel()
+        return shape.whole("".join(pieces), entries, finish or "stop",
+                           usage(prompt_tokens, completion_tokens, cached))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
@@ -542,107 +703,130 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
             check_messages(messages)
         except EdgeemoError as exc:
             raise APIError(400, str(exc), param="messages") from None
-        mix = parse_emotion(body.emotion, available)
-        wanted = body.max_tokens if body.max_tokens is not None else body.max_completion_tokens
-        wanted = default_max_tokens if wanted is None else wanted
-        if not 1 <= wanted <= n_ctx:
-            raise APIError(400, f"max_tokens must be from 1 to {n_ctx} (the context), not "
-                                f"{wanted}", param="max_tokens")
-        if body.n != 1:
-            raise APIError(400, "only n=1 is supported", param="n")
-        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        if len(stops) > 4 or not all(stops):
-            raise APIError(400, "stop is at most 4 non-empty strings", param="stop")
-        seed = body.seed if body.seed is not None else int.from_bytes(os.urandom(4), "little")
+        job = prepare(body, messages)
+        return await respond(job, request, body, ChatShape(resolved.name, job.options))
 
-        job = Job(mix, messages, max_tokens=wanted, temperature=body.temperature,
-                  top_p=body.top_p, seed=seed, stop=stops, steer_prompt=body.steer_prompt)
-        watcher = asyncio.ensure_future(watch_disconnect(request, job.stop))
-        try:
-            try:
-                getting = pool.acquire()
-            except QueueFull:
-                raise APIError(503, f"the server is busy: {parallel} requests are running and "
-                                    f"{queue_size} waiting; try again shortly",
-                               type="server_error", code="queue_full") from None
-            await asyncio.wait({getting, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if not getting.done():                     # the client left while it waited
-                getting.cancel()
-                return JSONResponse({}, status_code=499)
-            pool.count("requests")
-            asyncio.get_running_loop().run_in_executor(pool.executor, job.run, pool,
-                                                       getting.result())
-            first = await job.events.get()
-            if first[0] == "error":
-                return error_response(first[1])
-            if first[0] == "end":                      # stopped before it started
-                return JSONResponse({}, status_code=499)
-        except BaseException:
-            job.stop.set()
-            watcher.cancel()
-            raise
-        _, applied, prompt_tokens = first
-        reply = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
-                 "model": resolved.name, "system_fingerprint": f"edgeemo-{__version__}"}
-        extra = {"emotion": applied, "steer_prompt": body.steer_prompt}
-        if body.stream:
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return StreamingResponse(sse(job, watcher, reply, extra, prompt_tokens, include_usage),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache",
-                                              "X-Accel-Buffering": "no"})
-        try:
-            pieces = []
-            while True:
-                event = await job.events.get()
-                if event[0] == "text":
-                    pieces.append(event[1])
-                elif event[0] == "error":
-                    return error_response(event[1])
-                else:
-                    _, finish, completion_tokens = event
-                    break
-        finally:
-            job.stop.set()
-            watcher.cancel()
-        return {**reply, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant",
-                                                     "content": "".join(pieces)},
-                             "finish_reason": finish or "stop", "logprobs": None}],
-                "usage": usage(prompt_tokens, completion_tokens), **extra}
-
-    async def sse(job: Job, watcher, reply: dict, extra: dict, prompt_tokens: int,
-                  include_usage: bool):
-        """The completion as server-sent events, ending in ``data: [DONE]``."""
-        def chunk(delta: dict | None, finish: str | None = None, **more) -> str:
-            choices = [] if delta is None else [{"index": 0, "delta": delta,
-                                                 "finish_reason": finish, "logprobs": None}]
-            doc = {**reply, "object": "chat.completion.chunk", "choices": choices, **extra, **more}
-            return f"data: {json.dumps(doc)}\n\n"
-
-        try:
-            yield chunk({"role": "assistant", "content": ""})
-            while True:
-                event = await job.events.get()
-                if event[0] == "text":
-                    yield chunk({"content": event[1]})
-                elif event[0] == "error":
-                    body = json.loads(error_response(event[1]).body)
-                    yield f"data: {json.dumps(body)}\n\n"
-                    break
-                else:
-                    _, finish, completion_tokens = event
-                    counted = usage(prompt_tokens, completion_tokens)
-                    yield chunk({}, finish or "stop", usage=counted)
-                    if include_usage:                  # as OpenAI: a last chunk with no choices
-                        yield chunk(None, usage=counted)
-                    break
-            yield "data: [DONE]\n\n"
-        finally:
-            job.stop.set()                  # a closed or broken stream stops the generation
-            watcher.cancel()
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        prompt = body.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise APIError(400, "give one prompt per request (a string)", param="prompt")
+            prompt = prompt[0]
+        if not prompt.strip():
+            raise APIError(400, "the prompt is empty", param="prompt")
+        job = prepare(body, prompt)
+        return await respond(job, request, body,
+                             TextShape(resolved.name, job.options, prompt if body.echo else ""))
 
     return app
+
+
+async def sse(job: Job, watcher, shape: Shape, prompt_tokens: int, include_usage: bool):
+    """The completion as server-sent events, ending in ``data: [DONE]``; as OpenAI, the usage
+    comes once, in a last chunk with no choices, when ``include_usage`` asks for it."""
+    def data(doc: dict) -> str:
+        return f"data: {json.dumps(doc)}\n\n"
+
+    try:
+        yield data(shape.first())
+        while True:
+            event = await job.events.get()
+            if event[0] == "text":
+                yield data(shape.chunk(event[1], event[2]))
+            elif event[0] == "error":
+                yield data(json.loads(error_response(event[1]).body))
+                break
+            else:
+                _, finish, completion_tokens, cached = event
+                yield data(shape.chunk(None, [], finish or "stop"))
+                if include_usage:
+                    yield data({**shape.chunk(None, []), "choices": [],
+                                "usage": usage(prompt_tokens, completion_tokens, cached)})
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.stop.set()                  # a closed or broken stream stops the generation
+        watcher.cancel()
+
+
+class Shape:
+    """How a chat or a text completion answers: a whole reply, or chunks of one."""
+
+    def __init__(self, model: str, options: Sampling, kind: str):
+        self.logprobs = options.top_logprobs is not None
+        self.header = {"id": f"{kind}-{uuid.uuid4().hex}", "created": int(time.time()),
+                       "model": model, "system_fingerprint": f"edgeemo-{__version__}"}
+
+
+class ChatShape(Shape):
+    def __init__(self, model: str, options: Sampling):
+        super().__init__(model, options, "chatcmpl")
+
+    def first(self) -> dict:
+        return self.piece({"role": "assistant", "content": ""}, None, None)
+
+    def chunk(self, text: str | None, entries: list, finish: str | None = None) -> dict:
+        return self.piece({} if text is None else {"content": text}, finish,
+                          self.chat_logprobs(entries, text))
+
+    def piece(self, delta: dict, finish: str | None, logprobs: dict | None) -> dict:
+        return {**self.header, "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                             "logprobs": logprobs}]}
+
+    def whole(self, text: str, entries: list, finish: str, counted: dict) -> dict:
+        return {**self.header, "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": finish,
+                             "logprobs": self.chat_logprobs(entries, text)}],
+                "usage": counted}
+
+    def chat_logprobs(self, entries: list, text: str | None) -> dict | None:
+        if not self.logprobs or text is None:
+            return None
+        return {"content": entries, "refusal": None}
+
+
+class TextShape(Shape):
+    def __init__(self, model: str, options: Sampling, echo: str):
+        super().__init__(model, options, "cmpl")
+        self.echo = echo                    # the prompt, if the reply repeats it
+        self.offset = len(echo)             # where the next chunk's text starts
+
+    def first(self) -> dict:
+        return self.piece(self.echo, None, None)
+
+    def chunk(self, text: str | None, entries: list, finish: str | None = None) -> dict:
+        doc = self.piece(text or "", finish, self.text_logprobs(entries, self.offset))
+        self.offset += len(text or "")
+        return doc
+
+    def piece(self, text: str, finish: str | None, logprobs: dict | None) -> dict:
+        return {**self.header, "object": "text_completion",
+                "choices": [{"index": 0, "text": text, "finish_reason": finish,
+                             "logprobs": logprobs}]}
+
+    def whole(self, text: str, entries: list, finish: str, counted: dict) -> dict:
+        return {**self.piece(self.echo + text, finish,
+                             self.text_logprobs(entries, len(self.echo))), "usage": counted}
+
+    def text_logprobs(self, entries: list, offset: int) -> dict | None:
+        """The legacy completions form: parallel lists, top alternatives as {token: logprob}."""
+        if not self.logprobs:
+            return None
+        offsets = []
+        for entry in entries:
+            offsets.append(offset)
+            offset += len(entry["token"])
+        return {"tokens": [e["token"] for e in entries],
+                "token_logprobs": [e["logprob"] for e in entries],
+                "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]}
+                                 for e in entries],
+                "text_offset": offsets}
+
+
+HTTP_TYPES = {401: "authentication_error"}          # the error type of other statuses below 500
 
 
 def error_response(exc: BaseException) -> JSONResponse:
@@ -659,9 +843,10 @@ def unexpected_error() -> APIError:
                     type="server_error")
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, cached: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

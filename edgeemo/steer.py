@@ -50,6 +50,11 @@ class EmotionModel:
         self.steer_prompt = steer_prompt                 # steer the prompt too, not only the reply
         self._buffer = None                              # the control vector set now, or None
         self._cache = None                               # how the cached prompt was evaluated
+        # cached positions from here on were computed with the vector on, steered by
+        # _steered_by (mix, layers); those before it, with the vector off (None: none steered)
+        self._steered_from: int | None = None
+        self._steered_by = None
+        self.reused_tokens = 0                           # prompt tokens the last call found cached
         self._eog = getattr(llama_cpp, "llama_vocab_is_eog", None) or llama_cpp.llama_token_is_eog
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
 
@@ -65,18 +70,30 @@ class EmotionModel:
         """Token ids of a conversation, ready for the assistant's turn (see :func:`prompt_ids`)."""
         return prompt_ids(self.llm, messages)
 
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of plain text to continue (no chat template), after the BOS token."""
+        if not isinstance(text, str) or not text.strip():
+            raise EdgeemoError("the prompt is empty: give some text to continue")
+        return self.llm.tokenize(_utf8(text), add_bos=True, special=False)
+
     def token_text(self, token: int) -> str:
         return token_text(self.llm, token)
 
     # --- generation ------------------------------------------------------------------------
 
     def stream_ids(self, prompt_ids: list[int], *, max_tokens: int = 200, temperature: float = 0.7,
-                   top_p: float = 0.95, repeat_penalty: float = 1.1,
-                   seed: int | None = None, steer_prompt: bool | None = None) -> Iterator[int]:
+                   top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
+                   repeat_penalty: float = 1.1, frequency_penalty: float = 0.0,
+                   presence_penalty: float = 0.0, seed: int | None = None,
+                   steer_prompt: bool | None = None, grammar=None,
+                   logits_processor=None) -> Iterator[int]:
         """Yield generated token ids until end of turn or ``max_tokens``.
 
         ``steer_prompt`` (default: the model's setting) steers the prompt's tokens as well as the
-        reply's; otherwise the prompt is evaluated unsteered (see :meth:`_prepare`).
+        reply's; otherwise the prompt is evaluated unsteered (see :meth:`_prepare`). The sampling
+        options are llama.cpp's (``Llama.generate``); ``grammar`` is a ``llama_cpp.LlamaGrammar``
+        the reply must follow, and ``logits_processor`` sees (and may change) each token's logits
+        before sampling.
         """
         if not prompt_ids:
             raise EdgeemoError("the prompt is empty: give some text to respond to")
@@ -100,8 +117,11 @@ class EmotionModel:
         greedy = temperature <= 0
         produced = 0
         for token in self.llm.generate(prompt_ids, temp=max(temperature, 0.0),
-                                       top_k=1 if greedy else 40, top_p=top_p,
-                                       repeat_penalty=repeat_penalty, reset=True):
+                                       top_k=1 if greedy else top_k, top_p=top_p, min_p=min_p,
+                                       repeat_penalty=repeat_penalty,
+                                       frequency_penalty=frequency_penalty,
+                                       presence_penalty=presence_penalty, grammar=grammar,
+                                       logits_processor=logits_processor, reset=True):
             if self._eog(self._vocab, token):
                 break
             yield token
@@ -121,21 +141,47 @@ class EmotionModel:
         mode = "prompt" if steer_prompt or self._buffer is None else "reply"
         if self._cache not in (None, mode):
             self.llm.reset()                  # cached with the other mode: evaluate again
-        self._cache = mode
-        if mode == "prompt":
+            self._steered_from = None
+        # unsteered, every cached position is read with the vector off: good for either mode
+        self._cache = mode if self._buffer is not None else None
+        if mode == "prompt":                  # Llama.generate reuses the cached prefix itself
+            self.reused_tokens = self.cached_prefix(prompt_ids)
+            if self._buffer is not None:
+                self._steered_from, self._steered_by = 0, (self.mix, self.layers)
             return
         _cvec.apply(self.llm, None, reset=False)
         head = prompt_ids[:-1]
-        cached = self.llm.n_tokens
-        same = 0
-        for a, b in zip(self.llm.input_ids[:cached].tolist(), head):
-            if a != b:
-                break
-            same += 1
-        self.llm.n_tokens = same
+        same = self.cached_prefix(prompt_ids)
+        self.llm.n_tokens = self.reused_tokens = same
         if head[same:]:
             self.llm.eval(head[same:])
         _cvec.apply(self.llm, self._buffer, reset=False)
+        # the last prompt token and the reply are steered, and an earlier reply reused, if any
+        earlier = self._steered_from if self._steered_from is not None else len(head)
+        self._steered_from = earlier if earlier < same else len(head)
+        self._steered_by = (self.mix, self.layers)
+
+    def cached_prefix(self, prompt_ids: list[int]) -> int:
+        """How many leading tokens of ``prompt_ids`` the cache holds (at most all but the last,
+        which is always evaluated again)."""
+        same = 0
+        for a, b in zip(self.llm.input_ids[:self.llm.n_tokens].tolist(), prompt_ids[:-1]):
+            if a != b:
+                break
+            same += 1
+        return same
+
+    def _keep_unsteered(self, steering) -> None:
+        """Keep the cache through a change of steering, but the positions that were computed
+        steered otherwise: a conversation's earlier turns, read unsteered, stay cached (reply-only
+        steering), an earlier reply steered as the next one will be stays too, and any other
+        steered positions are dropped. The cache left holds no steered positions unless
+        ``steering`` is theirs."""
+        if self._steered_from is None or steering == self._steered_by:
+            return
+        self.llm.n_tokens = min(self.llm.n_tokens, self._steered_from)
+        self.llm._requires_eval = True        # (llama-cpp-python >= 0.3.20) no stale logits
+        self._steered_from, self._cache = None, None
 
     def stream(self, prompt: str | list[dict], **options) -> Iterator[str]:
         """Yield text pieces as they are generated (whole UTF-8 characters only)."""
@@ -185,14 +231,18 @@ class EmotionModel:
         return vec
 
     def steer(self, mix: dict[str, float | None] | str | None, *,
-              layers: tuple[int, int] | None = None) -> dict[str, float]:
+              layers: tuple[int, int] | None = None, keep_cache: bool = False) -> dict[str, float]:
         """Apply an emotion or a weighted mix ({"afraid": 0.06, "calm": -0.02}); None clears.
 
         A strength is a fraction of each layer's typical residual norm; None means the vector's
-        recommended strength. Returns the applied mix with strengths filled in.
+        recommended strength. Returns the applied mix with strengths filled in. The cached prompt
+        is dropped, so the next reply is the one a fresh model gives, unless ``keep_cache``: then
+        its unsteered part is kept (see :meth:`_keep_unsteered`), which saves reading a
+        conversation's earlier turns again, though a reply read from a cached prefix may differ
+        from a fresh one where two tokens are nearly tied (another order of float sums).
         """
         if mix is None or mix == {}:
-            return self.clear()
+            return self.clear(keep_cache=keep_cache)
         if isinstance(mix, str):
             mix = emotions.parse_mix(mix)
         if not isinstance(mix, dict):
@@ -213,14 +263,23 @@ class EmotionModel:
                                f"lower the strengths (useful mixes add up to about 0.05-0.2)")
         check.require_steerable(self.llm, self.model.name)   # once per architecture
         self._buffer = mix_buffer(parts, self.n_layer)
-        _cvec.apply(self.llm, self._buffer)
-        self.mix, self.layers, self._cache = applied, layers, None
+        _cvec.apply(self.llm, self._buffer, reset=not keep_cache)
+        self.mix, self.layers = applied, layers
+        self._forget_or_keep(keep_cache)
         return applied
 
-    def clear(self) -> dict[str, float]:
-        _cvec.apply(self.llm, None)
-        self.mix, self.layers, self._buffer, self._cache = {}, None, None, None
+    def clear(self, *, keep_cache: bool = False) -> dict[str, float]:
+        """Steer no more; ``keep_cache`` as in :meth:`steer`."""
+        _cvec.apply(self.llm, None, reset=not keep_cache)
+        self.mix, self.layers, self._buffer = {}, None, None
+        self._forget_or_keep(keep_cache)
         return {}
+
+    def _forget_or_keep(self, keep_cache: bool) -> None:
+        if keep_cache:
+            self._keep_unsteered((self.mix, self.layers) if self._buffer is not None else None)
+        else:                                 # _cvec.apply reset the model: nothing is cached
+            self._cache, self._steered_from = None, None
 
 
 def looks_like_file(name: str) -> bool:

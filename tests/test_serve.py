@@ -7,7 +7,10 @@ each, and only one of them generates at a time unless a test means them to run t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import math
 import socket
 import threading
 import time
@@ -20,13 +23,14 @@ from openai import OpenAI
 
 from edgeemo import emotions, models
 from edgeemo.cli import cli
-from edgeemo.serve import create_app, is_loopback
+from edgeemo.serve import WorkerPool, create_app, is_loopback
 from edgeemo.steer import EmotionModel, find_vector
 from edgeemo.vectors import ControlVector, recommended_strength
 
 MODEL = "smollm2-135m-instruct"
 PROMPT = "Tell me about your morning."
 KEY = "sk-test-0123456789"
+ORIGIN = "http://app.localhost:5173"
 GREEDY = {"temperature": 0, "seed": 0}
 # a reply that goes on for hundreds of tokens, to be interrupted
 LONG = [{"role": "user", "content": "Write a very long story about a dragon, at least 1000 words."}]
@@ -90,26 +94,52 @@ def pair(default_gguf):
 
 @pytest.fixture(scope="module")
 def strict(default_gguf):
-    """One worker, one place in the queue, and an API key."""
-    yield from serve(parallel=1, queue_size=1, api_key=KEY)
+    """One worker, one place in the queue, an API key, and browser pages from ORIGIN."""
+    yield from serve(parallel=1, queue_size=1, api_key=KEY, cors_origins=[ORIGIN])
+
+
+@pytest.fixture(scope="module")
+def limited(default_gguf):
+    """A 256-token context, replies of at most 24 tokens, and afraid unless a request says."""
+    yield from serve(n_ctx=256, max_tokens_limit=24, emotion="afraid")
+
+
+@pytest.fixture(scope="module")
+def timed(default_gguf):
+    """Half a second of generation per request."""
+    yield from serve(n_ctx=1024, time_limit=0.5)
 
 
 class Reference:
     """What the library says a request should get: a fresh steer (or clear) and generate, as
-    `edgeemo generate` does; remembered per request."""
+    `edgeemo generate` does, with the server's defaults (no repeat penalty unless asked);
+    remembered per request."""
 
     def __init__(self):
         self.runtime = EmotionModel(models.resolve(MODEL), threads=1)   # as the server's workers
         self.known = {}
 
-    def __call__(self, messages, emotion=None, max_tokens=16, steer_prompt=False):
-        key = json.dumps([messages, emotion, max_tokens, steer_prompt], sort_keys=True)
+    def __call__(self, messages, emotion=None, max_tokens=16, steer_prompt=False, **sampling):
+        key = json.dumps([messages, emotion, max_tokens, steer_prompt, sampling], sort_keys=True)
         if key not in self.known:
             rt = self.runtime
             applied = rt.steer(emotion) if emotion else rt.clear()
-            text = rt.generate(messages, max_tokens=max_tokens, steer_prompt=steer_prompt, **GREEDY)
+            options = {"repeat_penalty": 1.0, **GREEDY, **sampling}
+            if isinstance(messages, str):                   # a text completion
+                ids = list(rt.stream_ids(rt.text_ids(messages), max_tokens=max_tokens,
+                                         steer_prompt=steer_prompt, **options))
+                text = rt.llm.detokenize(ids).decode("utf-8", errors="ignore")
+            else:
+                text = rt.generate(messages, max_tokens=max_tokens, steer_prompt=steer_prompt,
+                                   **options)
             self.known[key] = (text, applied)
         return self.known[key]
+
+    def first_token(self, messages) -> int:
+        rt = self.runtime
+        rt.clear()
+        return next(iter(rt.stream_ids(rt.prompt_ids(messages), max_tokens=1, repeat_penalty=1.0,
+                                       **GREEDY)))
 
 
 @pytest.fixture(scope="module")
@@ -175,13 +205,20 @@ def test_a_streamed_reply_equals_the_library_and_counts_its_tokens(pair, referen
         assert chunks[0].choices[0].delta.role == "assistant"
         assert all(c.model_extra["emotion"] == applied for c in chunks)
         finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason]
-        assert len(finishing) == 1 and chunks[-1].choices == [] and chunks[-1].usage is not None
+        assert len(finishing) == 1 and chunks[-1].choices == []
+        # as OpenAI: the usage once, on the last chunk, which has no choices
+        assert [c for c in chunks if c.usage is not None] == [chunks[-1]]
         # the tokens counted are the tokens the library generates
         rt.steer(emotion) if emotion else rt.clear()
-        tokens = list(rt.stream_ids(rt.prompt_ids(user()), max_tokens=16, **GREEDY))
+        tokens = list(rt.stream_ids(rt.prompt_ids(user()), max_tokens=16, repeat_penalty=1.0,
+                                    **GREEDY))
         assert chunks[-1].usage.completion_tokens == len(tokens)
         assert chunks[-1].usage.prompt_tokens == len(rt.prompt_ids(user()))
         assert finishing[0].choices[0].finish_reason == ("length" if len(tokens) == 16 else "stop")
+    # without stream_options.include_usage no chunk has a usage
+    chunks = list(chat(client, user(), "fear", stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reference(user(), "fear")[0]
+    assert all(c.usage is None for c in chunks) and all(c.choices for c in chunks)
 
 
 @pytest.mark.slow
@@ -190,7 +227,7 @@ def test_a_steered_reply_equals_edgeemo_generate(pair):
                                       "--seed", "0", "--max-tokens", "16", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    reply = chat(pair.client(), user(), "fear")
+    reply = chat(pair.client(), user(), "fear", repeat_penalty=1.1)      # generate's penalty
     assert reply.choices[0].message.content == doc["text"]
     assert reply.model_extra["emotion"] == doc["emotions"]
 
@@ -278,8 +315,6 @@ def test_errors_are_openai_json_with_the_right_status(serial):
 
     e = error_of(serial.post({**ok, "messages": user("word " * 2100)}), 400)
     assert e["code"] == "context_length_exceeded" and "2048" in e["message"]
-    e = error_of(serial.post({**ok, "max_tokens": 4096}), 400)
-    assert e["param"] == "max_tokens"
     e = error_of(serial.post({**ok, "max_tokens": 0}), 400)
     assert e["param"] == "max_tokens"
 
@@ -291,7 +326,7 @@ def test_errors_are_openai_json_with_the_right_status(serial):
     assert error_of(serial.post({**ok, "messages": [{"role": "robot", "content": "hi"}]}),
                     400)["param"] == "messages"
     assert error_of(serial.post({**ok, "temperature": "hot"}), 400)["param"] == "temperature"
-    assert error_of(serial.post({**ok, "seed": -1}), 400)["param"] == "seed"
+    assert error_of(serial.post({**ok, "seed": -2}), 400)["param"] == "seed"
     assert error_of(serial.post({**ok, "n": 2}), 400)["param"] == "n"
 
     e = error_of(serial.post(content=b"x" * 1_000_001, path="/v1/chat/completions"), 413)
@@ -341,7 +376,7 @@ def test_the_api_key_is_required_when_set(strict):
 
     with pytest.raises(openai.AuthenticationError):
         strict.client(api_key="wrong").models.list()
-    assert [m.id for m in strict.client(api_key=KEY).models.list()] == [MODEL]
+    assert [m.id for m in strict.client(api_key=KEY).models.list()][0] == MODEL
 
 
 @pytest.mark.slow
@@ -392,12 +427,14 @@ def test_a_client_that_leaves_a_non_streamed_request_frees_its_worker(strict):
 
 @pytest.mark.slow
 def test_models_emotions_and_health(serial):
-    assert [m.id for m in serial.client().models.list()] == [MODEL]
+    # the model, then one alias per emotion, with its calibrated strength
+    listed_models = serial.client().models.list().data
+    assert [m.id for m in listed_models] == [MODEL] + [f"{MODEL}:{e}" for e in emotions.EMOTIONS]
     listed = httpx.get(serial.url + "/v1/emotions").json()["data"]
     assert [e["id"] for e in listed] == list(emotions.EMOTIONS)
-    for e in listed:
+    for e, m in zip(listed, listed_models[1:]):
         vec = ControlVector.from_gguf(find_vector(models.resolve(MODEL), e["id"]))
-        assert e["strength"] == recommended_strength(vec)
+        assert e["strength"] == m.model_extra["strength"] == recommended_strength(vec)
     assert "fear" in listed[emotions.EMOTIONS.index("afraid")]["aliases"]
     health = serial.health()
     assert (health["status"], health["model"], health["parallel"]) == ("ok", MODEL, 1)
@@ -486,6 +523,318 @@ def test_load_mixed_emotions_streams_and_disconnects(pair, reference):
     print(f"load: 200 requests in {time.monotonic() - started:.1f} s")
 
 
+# --- every field works or is refused ------------------------------------------------------------
+
+def content(response) -> str:
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.slow
+def test_sampling_fields_reach_llama_cpp(serial, reference):
+    ok = {"messages": user(), "max_tokens": 16, **GREEDY}
+    # no repeat penalty unless asked, even at temperature 0; asked, it is llama.cpp's
+    assert content(serial.post(ok)) == reference(user())[0]
+    assert content(serial.post({**ok, "repeat_penalty": 1.3})) == \
+        reference(user(), repeat_penalty=1.3)[0] != reference(user())[0]
+    for name in ("frequency_penalty", "presence_penalty"):
+        penalized = reference(user(), max_tokens=32, **{name: 2.0})[0]
+        assert penalized != reference(user(), max_tokens=32)[0], name
+        assert content(serial.post({**ok, "max_tokens": 32, name: 2.0})) == penalized, name
+    # at temperature 1, top_k 1 or min_p 1 keep only the likeliest token: the greedy reply
+    for keep in ({"top_k": 1}, {"min_p": 1.0}):
+        assert content(serial.post({**ok, "temperature": 1.0, "seed": 3, **keep})) == \
+            reference(user())[0], keep
+    # null is the default, for every optional field; seed -1 is a random seed
+    nulls = {name: None for name in ("temperature", "top_p", "stream", "n", "stop", "top_k",
+                                     "min_p", "logit_bias", "presence_penalty", "logprobs",
+                                     "frequency_penalty", "response_format", "steer_prompt",
+                                     "max_completion_tokens", "repeat_penalty", "emotion")}
+    sampled = {"messages": user(), "max_tokens": 16, "seed": 11}
+    assert content(serial.post({**sampled, **nulls})) == content(serial.post(sampled))
+    replies = {content(serial.post({**sampled, "seed": -1})) for _ in range(3)}
+    assert len(replies) > 1
+
+
+@pytest.mark.slow
+def test_logit_bias_bans_and_forces_tokens(serial, reference):
+    rt = reference.runtime
+    first = reference.first_token(user())
+    banned = serial.post({"messages": user(), "max_tokens": 4, "logit_bias": {str(first): -100},
+                          **GREEDY}).json()["choices"][0]["message"]["content"]
+    assert not banned.startswith(rt.token_text(first))
+    forced = rt.llm.tokenize(b" banana", add_bos=False)[0]
+    reply = content(serial.post({"messages": user(), "max_tokens": 3,
+                                 "logit_bias": {str(forced): 100}, **GREEDY}))
+    assert reply == rt.token_text(forced) * 3
+    e = error_of(serial.post({"messages": user(), "logit_bias": {"99999999": 5}}), 400)
+    assert e["param"] == "logit_bias"
+
+
+@pytest.mark.slow
+def test_logprobs_are_the_models(serial, reference):
+    text = reference(user())[0]
+    for stream in (False, True):
+        reply = chat(serial.client(), user(), stream=stream, logprobs=True, top_logprobs=3)
+        if stream:
+            chunks = list(reply)
+            entries = [e for c in chunks if c.choices and c.choices[0].logprobs
+                       for e in c.choices[0].logprobs.content]
+            got = "".join(c.choices[0].delta.content or "" for c in chunks)
+        else:
+            entries, got = reply.choices[0].logprobs.content, reply.choices[0].message.content
+        assert got == text
+        assert "".join(e.token for e in entries) == text
+        for e in entries:
+            # greedy takes the likeliest token: the first alternative, best first
+            assert [t.logprob for t in e.top_logprobs] == sorted(
+                (t.logprob for t in e.top_logprobs), reverse=True)
+            assert len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token
+            assert e.logprob == e.top_logprobs[0].logprob <= 0
+            assert sum(math.exp(t.logprob) for t in e.top_logprobs) <= 1 + 1e-6
+            assert bytes(e.bytes).decode() == e.token
+    plain = chat(serial.client(), user())
+    assert plain.choices[0].logprobs is None
+    e = error_of(serial.post({"messages": user(), "top_logprobs": 2}), 400)
+    assert e["param"] == "top_logprobs"
+
+
+@pytest.mark.slow
+def test_response_format_constrains_the_reply_to_json(serial, reference):
+    asked = user("Give me a JSON object with the name and age of a cat.")
+    assert not reference(asked, max_tokens=40)[0].lstrip().startswith("{")
+    reply = chat(serial.client(), asked, max_tokens=80,
+                 response_format={"type": "json_object"})
+    assert reply.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    schema = {"type": "object", "properties": {"mood": {"enum": ["calm", "tense"]},
+                                               "age": {"type": "integer"}},
+              "required": ["mood", "age"], "additionalProperties": False}
+    reply = chat(serial.client(), asked, max_tokens=40, response_format={
+        "type": "json_schema", "json_schema": {"name": "cat", "schema": schema}})
+    doc = json.loads(reply.choices[0].message.content)
+    assert set(doc) == {"mood", "age"} and doc["mood"] in ("calm", "tense")
+    assert isinstance(doc["age"], int)
+    for bad in ({"type": "xml"}, {"type": "json_schema"}, {"type": "json_schema", "json_schema":
+                                                           {"schema": {"type": "nonsense"}}}):
+        e = error_of(serial.post({"messages": user(), "response_format": bad}), 400)
+        assert e["param"] == "response_format", bad
+
+
+@pytest.mark.slow
+def test_fields_that_cannot_be_honoured_are_refused_by_name(serial):
+    ok = {"messages": user(), "max_tokens": 2, **GREEDY}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    for field, value in (("tools", [tool]), ("tool_choice", "auto"), ("functions", [tool]),
+                         ("function_call", "auto"), ("modalities", ["text", "audio"]),
+                         ("reasoning_effort", "low"), ("mirostat", 2), ("top_a", 0.5)):
+        e = error_of(serial.post({**ok, field: value}), 400)
+        assert e["param"] == field and field in e["message"], field
+    e = error_of(serial.post({**ok, "stream_options": {"include_usage": True}}), 400)
+    assert e["param"] == "stream_options"
+    # fields that cannot change a reply are taken, as null ones are
+    for field, value in (("user", "u-1"), ("metadata", {"a": "b"}), ("store", False),
+                         ("tools", None), ("modalities", ["text"])):
+        assert serial.post({**ok, field: value}).status_code == 200, field
+
+
+# --- browsers -----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_cors_lets_the_listed_origins_in_and_answers_preflight_before_the_key(strict, serial):
+    preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    url = strict.url + "/v1/chat/completions"
+    r = httpx.options(url, headers=preflight)                       # no key: answered anyway
+    assert r.status_code == 200, r.text
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    assert "authorization" in r.headers["access-control-allow-headers"].lower()
+    assert "POST" in r.headers["access-control-allow-methods"]
+    r = httpx.options(url, headers={**preflight, "Origin": "http://elsewhere.example"})
+    assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+    # the answers carry the header too, errors included, so that a page can read them
+    auth = {"Authorization": f"Bearer {KEY}", "Origin": ORIGIN}
+    r = strict.post({"messages": user(), "max_tokens": 2}, headers=auth)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ORIGIN
+    r = strict.post({"messages": user(), "max_tokens": 2}, headers={"Origin": ORIGIN})
+    assert r.status_code == 401 and r.headers["access-control-allow-origin"] == ORIGIN
+    # a server without --cors-origin names no origin
+    r = httpx.options(serial.url + "/v1/chat/completions", headers=preflight)
+    assert "access-control-allow-origin" not in r.headers
+
+
+# --- limits -------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_replies_are_cut_to_the_limit_and_to_the_context_left(limited, reference):
+    client = limited.client()
+    reply = chat(client, LONG, max_tokens=1000)                        # more than the limit
+    assert (reply.usage.completion_tokens, reply.choices[0].finish_reason) == (24, "length")
+    assert reply.model_extra["emotion"] == reference(LONG, "afraid", max_tokens=24)[1]
+    assert reply.choices[0].message.content == reference(LONG, "afraid", max_tokens=24)[0]
+    # a prompt that leaves about 5 tokens of the 256 gets those, not a 400
+    filler = 0
+    while len(reference.runtime.prompt_ids(padded := [{"role": "user", "content": LONG[0][
+            "content"] + " Some notes: " + "dragon, " * filler}])) < 251:
+        filler += 1
+    reply = chat(client, padded, max_tokens=20)
+    room = 256 - len(reference.runtime.prompt_ids(padded))
+    assert (reply.usage.completion_tokens, reply.choices[0].finish_reason) == (room, "length")
+    # the server's default emotion, and no steering when a request says ""
+    assert chat(client, user(), "").model_extra["emotion"] == {}
+    assert chat(client, user()).choices[0].message.content == reference(user(), "afraid")[0]
+
+
+@pytest.mark.slow
+def test_a_reply_ends_at_the_time_limit(timed):
+    started = time.monotonic()
+    reply = chat(timed.client(), LONG, max_tokens=1000)
+    elapsed = time.monotonic() - started
+    assert reply.choices[0].finish_reason == "length"
+    assert 0 < reply.usage.completion_tokens < 1000
+    assert elapsed < 10                       # the story alone takes far longer than that
+
+
+# --- steering without extra_body ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_model_alias_steers(serial, reference):
+    client = serial.client()
+    for alias, emotion in ((f"{MODEL}:afraid", "afraid"), (f"{MODEL}:fear:0.06", {"afraid": 0.06}),
+                           (f"{MODEL}:joy:0.06,calm:0.03", "joy:0.06,calm:0.03")):
+        text, applied = reference(user(), emotion)
+        reply = client.chat.completions.create(model=alias, messages=user(), max_tokens=16,
+                                               **GREEDY)
+        assert reply.choices[0].message.content == text, alias
+        assert reply.model_extra["emotion"] == applied, alias
+    ok = {"messages": user(), "max_tokens": 2}
+    e = error_of(serial.post({**ok, "model": f"{MODEL}:xyzzy"}), 400)
+    assert e["param"] == "model" and e["code"] == "unknown_emotion"
+    e = error_of(serial.post({**ok, "model": "gpt-4o:afraid"}), 404)
+    assert e["param"] == "model" and e["code"] == "model_not_found"
+    e = error_of(serial.post({**ok, "model": f"{MODEL}:afraid", "emotion": "calm"}), 400)
+    assert e["param"] == "emotion"
+
+
+# --- text completions ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_text_completions_continue_the_prompt(serial, reference):
+    client = serial.client()
+    start = "Once upon a time, in a small village,"
+    for emotion in (None, "fear"):
+        text, applied = reference(start, emotion)
+        extra = {"emotion": emotion} if emotion else None
+        reply = client.completions.create(model=MODEL, prompt=start, max_tokens=16,
+                                          extra_body=extra, **GREEDY)
+        assert reply.choices[0].text == text and reply.model_extra["emotion"] == applied
+        assert reply.usage.prompt_tokens == len(reference.runtime.text_ids(start))
+        chunks = list(client.completions.create(model=MODEL, prompt=[start], max_tokens=16,
+                                                stream=True, extra_body=extra, **GREEDY))
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == text
+    echoed = client.completions.create(model=MODEL, prompt=start, max_tokens=16, echo=True,
+                                       logprobs=2, **GREEDY)
+    choice = echoed.choices[0]
+    assert choice.text == start + reference(start)[0]
+    assert start + "".join(choice.logprobs.tokens) == choice.text
+    assert choice.logprobs.text_offset[0] == len(start)
+    assert all(len(top) == 2 for top in choice.logprobs.top_logprobs)
+    e = error_of(serial.post({"prompt": ["a", "b"], "max_tokens": 2}, path="/v1/completions"), 400)
+    assert e["param"] == "prompt"
+    e = error_of(serial.post({"prompt": "a", "suffix": "b"}, path="/v1/completions"), 400)
+    assert e["param"] == "suffix"
+
+
+# --- cancellation and the disconnect watcher ----------------------------------------------------
+
+def test_a_request_cancelled_while_it_waits_gives_back_the_worker_it_was_handed():
+    pool = WorkerPool(["only"], queue_size=4)
+
+    async def scenario():
+        first = await pool.take(asyncio.get_running_loop().create_future())
+        waiting = asyncio.ensure_future(pool.take(asyncio.get_running_loop().create_future()))
+        await asyncio.sleep(0.01)
+        pool.release(first)                  # on its way to the waiting request...
+        waiting.cancel()                     # ...which is cancelled before the worker arrives
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        again = await asyncio.wait_for(pool.take(asyncio.get_running_loop().create_future()), 2)
+        return again, pool.waiting
+
+    try:
+        assert asyncio.run(scenario()) == ("only", 0)
+    finally:
+        pool.executor.shutdown()
+
+
+@pytest.mark.slow
+def test_an_early_error_stops_the_disconnect_watcher(default_gguf):
+    """A request answered with an error before it streams must not leave its watcher waiting for
+    a disconnect that, on a kept-alive connection, may not come."""
+    app = create_app(models.resolve(MODEL), threads=1)
+    body = json.dumps({"messages": user("word " * 2100), "max_tokens": 4}).encode()
+
+    async def call():
+        sent, delivered = [], asyncio.Event()
+
+        async def receive():
+            if not delivered.is_set():
+                delivered.set()
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()          # the connection stays open
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/chat/completions",
+                 "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"application/json"),
+                             (b"content-length", str(len(body)).encode())],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+        await app(scope, receive, send)
+        await asyncio.sleep(0.1)
+        left = [t for t in asyncio.all_tasks() if not t.done()
+                and t.get_coro().__name__ == "watch_disconnect"]
+        return sent[0]["status"], left
+
+    try:
+        status, left = asyncio.run(call())
+    finally:
+        app.state.pool.close()
+    assert status == 400 and left == []
+
+
+@pytest.mark.slow
+def test_the_probe_waits_its_turn_in_the_queue(strict, monkeypatch):
+    from edgeemo import export
+
+    class Scores:
+        def scores(self, texts):
+            return [[("afraid", 0.9), ("calm", 0.1)] for _ in texts]
+
+    monkeypatch.setattr(export, "cached_export", lambda model, precision: "an export")
+    monkeypatch.setattr(strict.app.state, "probe", Scores())
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(timeout=120, headers=auth) as first:
+        with first.stream("POST", strict.url + "/v1/chat/completions",
+                          json={"messages": LONG, "max_tokens": 1000, "stream": True,
+                                **GREEDY}) as running:
+            next(running.iter_lines())                      # the only worker is generating
+            probed = {}
+            reading = threading.Thread(target=lambda: probed.update(response=strict.post(
+                {"text": "Footsteps."}, path="/v1/probe", headers=auth)))
+            reading.start()
+            deadline = time.monotonic() + 30
+            while strict.health()["waiting"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert strict.health()["waiting"] == 1 and not probed
+            e = error_of(strict.post({"text": "Footsteps."}, path="/v1/probe", headers=auth), 503)
+            assert e["code"] == "queue_full"
+        reading.join(60)
+    assert probed["response"].status_code == 200
+    assert probed["response"].json()["ranking"][0] == {"emotion": "afraid", "score": 0.9}
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 def test_serve_refuses_a_remote_address_without_a_key():
@@ -495,3 +844,46 @@ def test_serve_refuses_a_remote_address_without_a_key():
         assert "--api-key" in result.output and "--allow-remote" in result.output
     assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "127.0.0.2"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "example.org", "10.0.0.1"))
+
+
+@pytest.mark.slow
+def test_serve_refuses_a_bad_default_emotion_in_one_line(default_gguf):
+    result = CliRunner().invoke(cli, ["serve", "--emotion", "xyzzy", "--port", "0"])
+    assert result.exit_code == 1, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: the server's default emotion: unknown emotion 'xyzzy'")
+    assert "Traceback" not in result.output
+
+
+# --- the prompt cache ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cached(default_gguf):
+    """One worker that keeps its cached prompt from one request to the next."""
+    yield from serve(prompt_cache=True)
+
+
+@pytest.mark.slow
+def test_the_prompt_cache_keeps_a_chats_earlier_turns_but_no_other_steering(cached):
+    """Each turn reads only what is new; a steering change drops the positions read steered."""
+    library = EmotionModel(models.resolve(MODEL), threads=1)       # the same calls, in-process
+    client = cached.client()
+    turns = [("fear", PROMPT), ("fear", "What happened next?"), ("calm", "And then?"),
+             (None, "How did it end?")]
+    messages, prompts, found = [], [], []
+    try:
+        for emotion, said in turns:
+            messages = messages + user(said)
+            reply = chat(client, messages, emotion, max_tokens=12)
+            text = reply.choices[0].message.content
+            library.steer(emotion, keep_cache=True) if emotion else library.clear(keep_cache=True)
+            assert text == library.generate(messages, max_tokens=12, repeat_penalty=1.0, **GREEDY)
+            prompts.append(len(library.prompt_ids(messages)))
+            found.append(reply.usage.prompt_tokens_details.cached_tokens)
+            messages = messages + [{"role": "assistant", "content": text}]
+    finally:
+        library.close()
+    assert found[0] == 0                          # a fresh worker
+    assert found[1] >= prompts[0]                 # turn 1, its steered reply included, reused
+    assert found[2] == prompts[0] - 1             # calm: from turn 1's first steered position on,
+    assert found[3] == prompts[2] - 1             # and unsteered: from turn 3's, read again
