@@ -86,6 +86,10 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True,
 @click.option("--llm-on-task", is_flag=True,
               help="Also ask the llm judge whether each reply answers its request (its P(yes), "
                    "beside the embedding check, with their agreement); doubles the judge's time.")
+@click.option("--llm-preferred", is_flag=True,
+              help="Also show the llm judge each steered reply beside the unsteered one and ask "
+                   "which sounds more like the target (both orders; chance 50%); about four "
+                   "times the judge's time.")
 @click.option("--judge-model", default=None,
               help="The llm judge's model (a name from `edgeemo models`); default: "
                    "qwen2.5-coder-1.5b-instruct, or the next one when that is the model steered.")
@@ -98,7 +102,8 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True,
               help="Write result.json, report.md and plots to this directory.")
 @threads_option
 def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, margin_spec, pool,
-                     judge_spec, on_task, steer_prompt, vector_dir, llm_on_task, judge_model,
+                     judge_spec, on_task, steer_prompt, vector_dir, llm_on_task, llm_preferred,
+                     judge_model,
                      seed_spec,
                      max_tokens, json_, report_dir, threads):
     """Measure steering: success per judge, on-task, identification, regimes, language drift.
@@ -147,7 +152,8 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, margin_s
                          margin_scenarios=margin_scenarios, max_tokens=max_tokens,
                          judges=judges, on_task=on_task, steer_prompt=steer_prompt,
                          judge_options={"llm": {"judge_model": judge_model,
-                                                "ask_on_task": llm_on_task or None}},
+                                                "ask_on_task": llm_on_task or None,
+                                                "ask_preferred": llm_preferred or None}},
                          progress=Progress())
     for judge, shared in result["settings"]["judges_sharing_data"].items():
         say(f"note: {judge} is made from the same data as the {', '.join(shared)} vector(s): "
@@ -226,6 +232,10 @@ def print_summary(result: dict) -> None:
     if chat.get("success"):
         click.echo("success = moved, on task and coherent: " + ", ".join(
             f"{j} {_pct(v)} {_ci(ci.get(f'success {j}'))}" for j, v in chat["success"].items()))
+    if chat.get("preferred"):
+        click.echo("preferred over the unsteered reply (both orders): " + ", ".join(
+            f"{j} {_pct(v)} {_ci(ci.get(f'preferred {j}'))} (chance 50%)"
+            for j, v in chat["preferred"].items()))
     if chat.get("top_emotion"):
         click.echo("the judge's first choice is the target: " + ", ".join(
             f"{j} {_pct(v['top1'])} {_ci(ci.get(f'top_emotion {j}'))} (chance {_pct(v['chance'])})"

@@ -141,6 +141,15 @@ def test_the_judge_reads_tone_from_hand_written_replies(judge):
     on = judge.on_task([requests[0]], [text[requests[0], "afraid"]])[0]
     off = judge.on_task([requests[0]], [text[requests[1], "afraid"]])[0]
     assert on >= summary.LLM_ON_TASK > off
+    # shown the emotional and the neutral reply to a request (both orders), it prefers the
+    # emotional one for its emotion, weakly: measured 7 of 8, mean P(steered) 0.55
+    pairs = [(q, e) for q in requests[:2] for e in emotions]
+    p = judge.preferred([q for q, _ in pairs], [text[q, e] for q, e in pairs],
+                        [text[q, "neutral"] for q, _ in pairs], [e for _, e in pairs])
+    assert np.mean(np.array(p) > 0.5) >= 0.75 and np.mean(p) > 0.52, p
+    same = judge.preferred([requests[0]], [text[requests[0], "angry"]],
+                           [text[requests[0], "angry"]], ["angry"])[0]
+    assert abs(same - 0.5) < 1e-6                 # both orders cancel a position bias exactly
 
 
 # --- steering of the real default model, judged -----------------------------------------------------
@@ -216,7 +225,7 @@ def test_evaluate_command_with_the_llm_judge_over_two_seeds(judge):
                                       "recommended", "--scenarios", "r03,r09",
                                       "--margin-prompts", "r05", "--seeds", "0,1",
                                       "--max-tokens", "24", "--threads", "2", "--llm-on-task",
-                                      "--json"])
+                                      "--llm-preferred", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     st, chat = data["settings"], data["summary"]["chat"]
@@ -234,6 +243,9 @@ def test_evaluate_command_with_the_llm_judge_over_two_seeds(judge):
     assert 0 <= lo <= chat["success"]["llm"] <= hi <= 1
     assert chat["on_task_by"]["llm"]["agreement"] is not None
     assert all(0 <= s["on_task"]["llm"] <= 1 for s in data["samples"])
+    preferred = [s["preferred"]["llm"] for s in data["samples"]]
+    assert len(preferred) == 8 and len(set(preferred)) > 1
+    assert chat["preferred"]["llm"] == np.mean([p > 0.5 for p in preferred])
 
 
 def test_the_first_choice_is_read_after_the_judges_leaning_is_taken_off():

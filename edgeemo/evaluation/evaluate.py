@@ -250,6 +250,8 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
         _judge_pairs(judge, pairs)
         if on_task and getattr(judge, "ask_on_task", False):
             _judge_on_task(judge, scenarios, samples, reference, progress)
+        if getattr(judge, "ask_preferred", False):
+            _judge_preferred(judge, scenarios, samples, base, progress)
     if on_task:
         _on_task(scenarios, base, samples, reference, progress)
     judge_seconds = time.perf_counter() - t0
@@ -423,6 +425,22 @@ def _judge_on_task(judge, scenarios, samples: list[dict], reference: dict, progr
         row.setdefault("on_task", {})[judge.name] = round(p, 4)
     if progress:
         progress(f"on-task ({judge.name})", len(rows), len(rows))
+
+
+def _judge_preferred(judge, scenarios, samples: list[dict], baseline: dict, progress) -> None:
+    """A judge that compares two replies (the LLM judge): ``P(steered)`` that the steered reply
+    sounds more like its emotion than the unsteered reply to the same request, kept as
+    ``preferred[<judge>]``."""
+    prompts = {s["id"]: s["prompt"] for s in scenarios}
+    if progress:
+        progress(f"preferred ({judge.name})", 0, len(samples))
+    p = judge.preferred([prompts[r["scenario"]] for r in samples], [r["text"] for r in samples],
+                        [baseline[row_key(r)]["text"] for r in samples],
+                        [r["emotion"] for r in samples])
+    for row, value in zip(samples, p):
+        row.setdefault("preferred", {})[judge.name] = round(value, 4)
+    if progress:
+        progress(f"preferred ({judge.name})", len(samples), len(samples))
 
 
 def rejudge(result: dict) -> dict:

@@ -17,7 +17,9 @@ the target's log-probability against the unsteered reply to the same request; th
 change must pass is measured from pairs of unsteered replies (``evaluate``'s margin pairs).
 
 ``on_task`` asks the same model whether a reply answers its request (yes or no), read the same
-way: ``P(yes)``.
+way: ``P(yes)``. ``preferred`` shows it the unsteered and the steered reply to one request and
+asks which sounds more like the target emotion (A or B), in both orders to cancel its leaning
+toward a position: ``P(steered)`` is the mean of the two.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ ASK_TONE_END = "\n\"\"\"\nThe one word:"   # short: it is read again for every r
 ASK_TASK = ("Below are a request to an assistant and the assistant's reply. Does the reply "
             "respond to the request (it may be in any tone or style)? Answer yes or no.\n\n")
 ASK_TASK_END = "\n\nDoes the reply respond to the request? Answer yes or no."
+ASK_PAIR = ("Below are a request to an assistant and two replies to it, A and B. Compare their "
+            "tone and wording, not their content.\n\n")
+ASK_PAIR_END = "\n\nWhich reply sounds more {emotion}? Answer A or B."
+PAIR_ANSWER = "Reply"
 N_CTX = 1024
 MAX_TEXT_TOKENS = 400          # a longer text is cut (replies in an evaluation are ~60 tokens)
 
@@ -64,9 +70,11 @@ class LLMJudge(ScoredJudge):
     _loaded: ClassVar[dict] = {}          # judge model path -> its reader (loaded once a process)
 
     def __init__(self, model=None, emotions=(), *, judge_model: str | None = None,
-                 threads: int | None = None, ask_on_task: bool = False):
+                 threads: int | None = None, ask_on_task: bool = False,
+                 ask_preferred: bool = False):
         self.model, self.emotions = model, list(emotions)
         self.ask_on_task = ask_on_task        # evaluate() also asks it whether replies are on task
+        self.ask_preferred = ask_preferred    # ... and which of two replies sounds more the target
         self.judge_model = pick_judge_model(model, judge_model or None, self.judge_models)
         key = str(self.judge_model.path)
         if key not in self._loaded:
@@ -86,6 +94,20 @@ class LLMJudge(ScoredJudge):
     def on_task(self, requests: list[str], texts: list[str]) -> list[float]:
         """``P(yes)`` that each reply responds to its request (0 for an empty reply)."""
         return [0.0 if not t.strip() else self.reader.answers(r, t) for r, t in zip(requests, texts)]
+
+    def preferred(self, requests: list[str], steered: list[str], plain: list[str],
+                  emotions: list[str]) -> list[float]:
+        """``P(steered)``: that each steered reply sounds more like its emotion than the plain
+        reply to the same request, averaged over both orders (0 for an empty steered reply)."""
+        out = []
+        for request, a, b, emotion in zip(requests, steered, plain, emotions):
+            if not a.strip():
+                out.append(0.0)
+                continue
+            first = self.reader.prefers(request, a, b, emotion)        # steered shown as A
+            second = self.reader.prefers(request, b, a, emotion)       # steered shown as B
+            out.append((first + 1.0 - second) / 2)
+        return out
 
 
 def pick_judge_model(steered, wanted: str | None = None,
@@ -122,6 +144,7 @@ class _LabelReader:
                                f"instruction-tuned model")
         self.label_tokens = first_tokens(self.llm, LABELS)
         self.yes_no = first_tokens(self.llm, ("yes", "no"))
+        self.a_b = first_tokens(self.llm, (" A", " B"))     # after the prefilled "Reply"
         self._cached: tuple[int, ...] = ()
         self._around = self._template()
 
@@ -157,11 +180,11 @@ class _LabelReader:
         self.llm.eval(ids[fixed:])
         return _cvec.last_logits(self.llm)
 
-    def _clip(self, text: str) -> str:
+    def _clip(self, text: str, limit: int = MAX_TEXT_TOKENS) -> str:
         ids = self._tok(text)
-        if len(ids) <= MAX_TEXT_TOKENS:
+        if len(ids) <= limit:
             return text
-        return self.llm.detokenize(ids[:MAX_TEXT_TOKENS]).decode("utf-8", errors="ignore")
+        return self.llm.detokenize(ids[:limit]).decode("utf-8", errors="ignore")
 
     def tone(self, text: str) -> dict[str, float]:
         ids, fixed = self._ids(ASK_TONE, [self._clip(text)], ASK_TONE_END)
@@ -173,6 +196,15 @@ class _LabelReader:
                                           self._clip(text)], ASK_TASK_END)
         logits = self._logits(ids, fixed)
         return float(np.exp(label_logprobs(logits, self.yes_no, ("yes", "no"))["yes"]))
+
+    def prefers(self, request: str, a: str, b: str, emotion: str) -> float:
+        """``P(A)``: that reply A sounds more ``emotion`` than reply B."""
+        limit = MAX_TEXT_TOKENS // 2                    # three texts must fit in N_CTX
+        pieces = ["Request: ", self._clip(request, limit), '\n\nReply A:\n"""\n',
+                  self._clip(a, limit), '\n"""\n\nReply B:\n"""\n', self._clip(b, limit), '\n"""']
+        ids, fixed = self._ids(ASK_PAIR, pieces, ASK_PAIR_END.format(emotion=emotion))
+        logits = self._logits(ids + self._tok(PAIR_ANSWER), fixed)   # the answer begun for it
+        return float(np.exp(label_logprobs(logits, self.a_b, (" A", " B"))[" A"]))
 
 
 def first_tokens(llm, labels: tuple[str, ...]) -> dict[str, list[int]]:

@@ -165,6 +165,9 @@ def chat_section(result: dict) -> list[str]:
         lines.append(f"| {j} | {_pct(chat['moved'][j])} | {_pct(chat['success'][j])} | "
                      + (f"{_pct(ident['top1'])} ({_pct(ident['chance'])})" if ident else "–")
                      + " |")
+    for j, rate in chat.get("preferred", {}).items():
+        lines += ["", f"Preferred by {j} over the unsteered reply (both orders; chance 50%): "
+                      f"{_pct(rate)}."]
     keys = [strength_key(x) for x in st["strengths"]]
     lines += ["", "| emotion | strength | on task | coherent | "
               + " | ".join(f"success ({j})" for j in judges) + " |",

@@ -89,8 +89,9 @@ def chat_summary(result: dict) -> dict:
     emotion that scores highest for the target (top-1; chance 1 / number of emotions). Every rate
     has a 95% interval over prompts in ``intervals``. A judge that reads the whole label set (the
     LLM judge) also gives ``top_emotion``: how often the target is its first choice among the
-    emotions, and its own on-task verdict (``on_task_by``) with its agreement with the embedding
-    check."""
+    emotions, its own on-task verdict (``on_task_by``) with its agreement with the embedding
+    check, and, when asked, ``preferred``: how often it finds the steered reply more like the
+    target than the unsteered one, shown both (both orders; chance 50%)."""
     samples = result["samples"]
     names = result["settings"]["emotions"]
     has_task = bool(samples) and all("on_task" in s and "on_task" in s["on_task"] for s in samples)
@@ -102,7 +103,7 @@ def chat_summary(result: dict) -> dict:
         if has_task else None,
         "coherent": _rate([s["regime"] == "surgical" for s in samples]),
         "success": {}, "moved": {}, "identification": {}, "per_emotion": {}, "cells": {},
-        "top_emotion": {}, "on_task_by": {}, "intervals": ci,
+        "top_emotion": {}, "on_task_by": {}, "preferred": {}, "intervals": ci,
         "seeds": result["settings"].get("seeds", [result["settings"].get("seed", 0)]),
         "prompts": len({s["scenario"] for s in samples}),
     }
@@ -141,6 +142,10 @@ def chat_summary(result: dict) -> dict:
                 if has_task else None}
             ci[f"on_task {judge}"] = interval(samples,
                                               lambda s: s["on_task"][judge] >= LLM_ON_TASK, _prompt)
+        if samples and all(judge in s.get("preferred", {}) for s in samples):
+            out["preferred"][judge] = _rate([s["preferred"][judge] > 0.5 for s in samples])
+            ci[f"preferred {judge}"] = interval(samples, lambda s: s["preferred"][judge] > 0.5,
+                                                _prompt)
         if not all(s["judges"][judge].get("scores") for s in samples) or not samples:
             continue
         if "neutral" in samples[0]["judges"][judge]["scores"]:       # a label-set judge
