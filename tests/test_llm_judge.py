@@ -260,3 +260,30 @@ def test_the_first_choice_is_read_after_the_judges_leaning_is_taken_off():
     assert summary.first_choice(reply) == "calm"
     assert summary.first_choice(reply, prior) == "afraid"
     assert summary.label_prior({"margin_pairs": []}, "llm") == {}
+
+
+def test_one_strength_for_a_model_is_the_best_success_inside_the_on_task_window():
+    from edgeemo.evaluation.calibration import model_strength
+    from edgeemo.evaluation.report import strength_key
+
+    strengths = [0.08, 0.16, 0.32]
+    # per emotion and strength: (success, on task, coherent)
+    table = {"afraid": {0.08: (0.25, 1.0, 1.0), 0.16: (0.5, 1.0, 1.0), 0.32: (1.0, 0.5, 0.5)},
+             "angry": {0.08: (0.25, 1.0, 1.0), 0.16: (0.25, 0.9, 1.0), 0.32: (1.0, 0.75, 1.0)}}
+    def result():
+        cells = {e: {strength_key(s): {"success": {"llm": v[0]}, "on_task": v[1], "coherent": v[2]}
+                     for s, v in row.items()} for e, row in table.items()}
+        return {"settings": {"strengths": strengths, "emotions": list(table),
+                             "scenarios": ["r05"], "model": "m"},
+                "summary": {"chat": {"cells": cells},
+                            "drift": {"per_strength": {strength_key(0.32): 0.25}}}}
+
+    choice = model_strength(result())
+    # 0.32 moves most but leaves the window (on task 62%); 0.16 beats 0.08 inside it
+    assert choice["window"] == [0.08, 0.16] and choice["strength"] == 0.16
+    assert choice["per_strength"][strength_key(0.16)]["on_task_share"] == 0.95
+    assert choice["per_strength"][strength_key(0.32)]["drift_share"] == 0.25
+    for row in table.values():
+        row[0.16] = (0.1, 0.5, 1.0)
+    choice = model_strength(result())
+    assert choice["strength"] == 0.08

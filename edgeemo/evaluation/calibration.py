@@ -143,6 +143,34 @@ def _calibrate_readers(model, emotions, strengths, scenarios, *, seed, max_token
     return out
 
 
+def model_strength(result: dict, judge: str = "llm") -> dict:
+    """One strength for every vector of a model, from an ``evaluate`` result over several
+    strengths (a sample of emotions on the calibration requests): the strengths whose replies,
+    over all the sampled emotions, are at least :data:`ON_TASK_MIN` on task and
+    :data:`COHERENT_MIN` coherent form the window, and the one with the best ``judge`` success
+    wins (the smaller on a tie). Cheaper than :func:`calibrate` per emotion (one sweep instead
+    of one per emotion), and coarser: every emotion gets the same strength. ``strength`` is None
+    when the window is empty."""
+    chat = result["summary"]["chat"]
+    drift = result["summary"]["drift"].get("per_strength", {})
+    rows = {}
+    for s in result["settings"]["strengths"]:
+        k = strength_key(s)
+        cells = [chat["cells"][e][k] for e in result["settings"]["emotions"]]
+        rows[k] = {"strength": s,
+                   "success_rate": round(float(np.mean([c["success"][judge] for c in cells])), 4),
+                   "on_task_share": round(float(np.mean([c["on_task"] for c in cells])), 4),
+                   "coherent_share": round(float(np.mean([c["coherent"] for c in cells])), 4),
+                   "drift_share": drift.get(k)}
+    window = [r for r in rows.values() if _usable(r)]
+    best = min(window, key=lambda r: (-r["success_rate"], r["strength"]), default=None)
+    return {"strength": None if best is None else best["strength"],
+            "window": [r["strength"] for r in window], "per_strength": rows, "judge": judge,
+            "rule": f"on task >= {ON_TASK_MIN}, coherent >= {COHERENT_MIN}, best success",
+            "emotions_sampled": result["settings"]["emotions"],
+            "scenarios": result["settings"]["scenarios"], "model": result["settings"]["model"]}
+
+
 def _usable(row: dict) -> bool:
     return (row["on_task_share"] is not None and row["on_task_share"] >= ON_TASK_MIN
             and row["coherent_share"] >= COHERENT_MIN)
