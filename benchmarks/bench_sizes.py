@@ -100,8 +100,10 @@ def parity_stage(model_ref: str, export_dir: str, threads: int) -> dict:
     """``edgeemo check``'s parity: llama.cpp's final hidden state against the export's."""
     from edgeemo import check, models
 
-    return {"mean_cosine": check.parity(models.resolve(model_ref), Path(export_dir),
-                                        threads=threads)}
+    cosines = check.parity_by_position(models.resolve(model_ref), Path(export_dir),
+                                       threads=threads)
+    return {"mean_cosine": cosines["all"], "after_first": cosines["after_first"],
+            "first": cosines["first"]}
 
 
 def keep_exports(model_ref: str, exports: dict) -> dict:
@@ -238,7 +240,10 @@ def measure(report: benchlib.Report, label: str, model_ref: str, gguf: str, quan
                 point[f"parity_{precision}"] = stage["value"]["mean_cosine"]
                 report.row(f"{label}: {MEASURES[f'parity_{precision}']}",
                            stage["value"]["mean_cosine"], "",
-                           note="final hidden state, every token of check's parity texts")
+                           note=f"final hidden state, every token of check's parity texts; "
+                                f"after the first position (what extraction pools) "
+                                f"{stage['value']['after_first']:.4f}, the first alone "
+                                f"{stage['value']['first']:.3f}")
         for precision in ("fp32", "int8"):
             with report.part(f"{label}: reading {precision}"):
                 if precision not in exports:
