@@ -44,6 +44,8 @@ AT_SIZE = {         # name -> (script, section title, settings passed before the
                       [f"model={REAL_MODEL}"]),
     "engine-1.5b": ("bench_engine.py", "Extraction engine at 1.5B (Qwen2.5-Coder-1.5B)",
                     [f"model={REAL_MODEL}", "texts=32", "reps=3", "memory_reps=1"]),
+    "sizes-real": ("bench_sizes.py", "Real models at 135M, 0.5B and 1.5B",
+                   ["random=", "texts=16"]),
 }
 
 
