@@ -46,8 +46,8 @@ from .errors import require
                    "two tokens are nearly tied).")
 @click.option("--route-wait", type=click.FloatRange(0), default=1.0, show_default=True,
               metavar="SECONDS",
-              help="With --prompt-cache and --parallel above 1: how long a chat's next turn "
-                   "waits for the busy worker that holds the conversation before it takes "
+              help="With --prompt-cache and --parallel above 1: how long a request that "
+                   "extends what a busy worker is reading waits for that worker before it takes "
                    "another (which reads the conversation again).")
 @click.option("--max-body", type=click.IntRange(1024), default=1_000_000, show_default=True,
               help="Largest request body in bytes (413 beyond).")
