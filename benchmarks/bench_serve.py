@@ -4,6 +4,7 @@
     python benchmarks/bench_serve.py --quick            # 1 and 2 clients, 4 tokens
     python benchmarks/bench_serve.py --set max_tokens=64 --set per_client=3
     python benchmarks/bench_serve.py --quick --set turns=10 --set max_tokens=32   # a short run
+    python benchmarks/bench_serve.py --quick --set parts=load      # only the multi-client chats
 
 ``edgeemo serve`` runs as its own process on a free loopback port (the default model, one
 llama.cpp thread per worker unless --threads gives more to share out), once with ``--parallel 1``
@@ -19,6 +20,16 @@ Multi-turn chat: one client holds a ``turns``-turn conversation (steered, greedy
 tokens a reply, each turn sending the whole conversation so far) with a one-worker server, once
 without and once with ``--prompt-cache``; reported: the time to first token of the last turn, and
 the prompt tokens the server found cached (``usage.prompt_tokens_details.cached_tokens``).
+
+Load with multi-turn clients: ``load_clients`` clients at once, each holding a ``load_turns``-turn
+chat with an emotion of its own (``load_emotions``), against ``--parallel 2``, once without and
+once with ``--prompt-cache`` (whose requests are routed to the worker holding their chat);
+reported: the median time to first token of the turns after the first, and the prompt tokens
+found cached. No steering may leak between requests: every reply must equal the reply of a
+one-worker server (with the cache or not, as the load) to which each chat is sent alone, one
+after the other, with the same messages. With the cache, a chat is compared up to its first turn
+after the first that found less cached than alone (it had moved to a worker holding another chat,
+which the lone server never does).
 """
 
 from __future__ import annotations
@@ -39,8 +50,11 @@ FULL = {"model": benchlib.DEFAULT_MODEL, "parallel": [1, 2], "clients": [1, 4, 8
         "per_client": 2, "max_tokens": 32, "emotion": "afraid",
         "messages": [{"role": "system", "content": "You are a friendly assistant."},
                      {"role": "user", "content": "Hi! How was your day?"}],
-        "turns": 10}
-QUICK = {"clients": [1, 2], "per_client": 1, "max_tokens": 4, "turns": 3}
+        "turns": 10, "load_clients": 4, "load_turns": 5,
+        "load_emotions": ["afraid", "happy", "sad", "calm"],
+        "parts": "throughput,chat,load"}       # which parts run
+QUICK = {"clients": [1, 2], "per_client": 1, "max_tokens": 4, "turns": 3, "load_clients": 2,
+         "load_turns": 3}
 # what the user says in turn 2, 3, ... of the multi-turn chat (turn 1 is ``messages``)
 FOLLOW_UPS = ["What did you have for breakfast?", "Tell me more about that.", "Why?",
               "What happened next?", "How did that make you feel?", "And then?",
@@ -121,25 +135,67 @@ def one_request(http, url: str, body: dict) -> dict:
             "text": text, "usage": counted}
 
 
-def chat_turns(url: str, settings: dict) -> list[dict]:
-    """One conversation of ``turns`` turns, each sending all of it so far; one result a turn."""
+def chat_turns(url: str, settings: dict, emotion: str, turns: int,
+               replies: list[str] | None = None) -> list[dict]:
+    """One conversation of ``turns`` turns, each sending all of it so far; one result a turn.
+    With ``replies``, the conversation goes on with those (another run's) instead of its own."""
     import httpx
 
     messages, results = list(settings["messages"]), []
     with httpx.Client(timeout=600) as http:
-        for turn in range(settings["turns"]):
+        for turn in range(turns):
             if turn:
                 messages.append({"role": "user",
                                  "content": FOLLOW_UPS[(turn - 1) % len(FOLLOW_UPS)]})
             result = one_request(http, url, {
                 "messages": messages, "max_tokens": settings["max_tokens"], "temperature": 0,
                 "seed": 0, "stream": True, "stream_options": {"include_usage": True},
-                "emotion": settings["emotion"]})
+                "emotion": emotion})
             if result["status"] != 200:
                 raise RuntimeError(f"turn {turn + 1} failed with {result['status']}")
             results.append(result)
-            messages.append({"role": "assistant", "content": result["text"]})
+            messages.append({"role": "assistant",
+                             "content": result["text"] if replies is None else replies[turn]})
     return results
+
+
+def load_chats(url: str, settings: dict) -> list[list[dict]]:
+    """``load_clients`` chats at once, client i steered by the i-th of ``load_emotions``."""
+    emotions = settings["load_emotions"]
+    chats: dict[int, list[dict]] = {}
+    start = threading.Barrier(settings["load_clients"])
+
+    def client(i):
+        start.wait()
+        chats[i] = chat_turns(url, settings, emotions[i % len(emotions)], settings["load_turns"])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(start.parties)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [chats[i] for i in range(len(threads))]
+
+
+def cached(result: dict) -> int:
+    return result["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+def comparable(chat: list[dict], alone: list[dict]) -> int:
+    """How many turns of a chat found as much cached as the chat alone did (then the cache held
+    the same positions, read the same way), up to the first that did not. The first turn counts
+    whatever it found: the clients' emotions differ, so only unsteered positions were kept."""
+    for turn in range(1, len(chat)):
+        if cached(chat[turn]) != cached(alone[turn]):
+            return turn
+    return len(chat)
+
+
+def replayed(url: str, settings: dict, chats: list[list[dict]]) -> list[list[dict]]:
+    """Each chat again, alone, one after the other, sending the same messages as before."""
+    emotions = settings["load_emotions"]
+    return [chat_turns(url, settings, emotions[i % len(emotions)], len(chat),
+                       replies=[r["text"] for r in chat]) for i, chat in enumerate(chats)]
 
 
 def cell(url: str, clients: int, per_client: int, body: dict) -> dict:
@@ -183,6 +239,55 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+def load(report: benchlib.Report, settings: dict) -> None:
+    """Multi-turn clients at once, without and with the prompt cache; then the no-leak check
+    against one-worker servers that read each request, or hold each chat, alone."""
+    runs, alone = {}, {}
+    clients, turns = settings["load_clients"], settings["load_turns"]
+    for label, options in (("without the prompt cache", ()),
+                           ("with --prompt-cache", ("--prompt-cache",))):
+        with report.part(f"load, {clients} multi-turn clients, {label}"):
+            with server(settings["model"], 2, 1, clients, *options) as (url, _):
+                started = time.perf_counter()
+                runs[label] = load_chats(url, settings)
+                wall = time.perf_counter() - started
+            later = [r for chat in runs[label] for r in chat[1:]]
+            found = sum(cached(r) for r in later)
+            read = sum(r["usage"]["prompt_tokens"] for r in later)
+            report.row(f"load, {clients} clients x {turns} turns, --parallel 2, {label}: "
+                       f"time to first token p50 (turns 2-{turns})",
+                       1000 * benchlib.median(r["first"] for r in later), "ms", headline=True,
+                       note=f"{found} of {read} prompt tokens of those turns found cached; "
+                            f"{clients * turns} requests in {wall:.1f} s; "
+                            f"{settings['max_tokens']}-token replies, greedy")
+            # the references, one request or one chat at a time on a one-worker server
+            with server(settings["model"], 1, 1, 1, *options) as (url, _):
+                alone[label] = replayed(url, settings, runs[label])
+    with report.part("load: no steering leaks between requests"):
+        if len(alone) < 2:
+            raise benchlib.SkipPart("a load run failed")
+        checked, equal, differ = 0, 0, []
+        for label in alone:
+            for i, (chat, reference) in enumerate(zip(runs[label], alone[label])):
+                n = comparable(chat, reference)
+                checked += n
+                for turn, (a, b) in enumerate(zip(chat[:n], reference[:n])):
+                    if a["text"] == b["text"]:
+                        equal += 1
+                    else:
+                        differ.append({"run": label, "client": i, "turn": turn + 1,
+                                       "reply": a["text"], "alone": b["text"],
+                                       "cached": cached(a)})
+        report.data["load_differ"] = differ
+        total = 2 * clients * turns
+        report.row("load: replies equal to the same request alone", f"{equal} of {checked}",
+                   aim="all", note=f"{total - checked} of {total} not compared: their chat had "
+                                   f"moved to a worker holding another")
+        report.data["load_replies_equal"] = {"equal": equal, "checked": checked, "all": total}
+        if equal != checked:
+            raise RuntimeError(f"{checked - equal} replies differ from the same request alone")
+
+
 def run(quick: bool = False, threads: int | None = None,
         overrides: list[str] | None = None) -> dict:
     settings = benchlib.settings_for(FULL, QUICK, quick, overrides)
@@ -202,70 +307,78 @@ def run(quick: bool = False, threads: int | None = None,
     body = {"messages": settings["messages"], "max_tokens": settings["max_tokens"],
             "temperature": 0, "seed": 0, "stream": True}
     kinds = {"unsteered": body, "steered": {**body, "emotion": settings["emotion"]}}
+    parts = settings["parts"].split(",")
     cells = {}
-    for parallel in settings["parallel"]:
-        per_worker = max(1, threads // parallel)
-        with report.part(f"--parallel {parallel}"):
-            with server(settings["model"], parallel, per_worker, max(settings["clients"])) \
-                    as (url, pid):
-                import httpx
+    if "throughput" in parts:
+        for parallel in settings["parallel"]:
+            per_worker = max(1, threads // parallel)
+            with report.part(f"--parallel {parallel}"):
+                with server(settings["model"], parallel, per_worker, max(settings["clients"])) \
+                        as (url, pid):
+                    import httpx
 
-                with httpx.Client(timeout=600) as http:             # untimed warm-up
-                    one_request(http, url, kinds["steered"])
-                    one_request(http, url, kinds["unsteered"])
-                for i, clients in enumerate(settings["clients"]):
-                    order = list(kinds) if i % 2 == 0 else list(kinds)[::-1]
-                    for kind in order:
-                        result = cell(url, clients, settings["per_client"], kinds[kind])
-                        cells[f"parallel={parallel} clients={clients} {kind}"] = result
-                        benchlib.say(f"[serve] parallel {parallel}, {clients} clients, {kind}: "
-                                     f"{result['requests_per_s']:.2f} req/s")
-                memory = memory_mb(pid)
-            report.data[f"memory_parallel_{parallel}_mb"] = benchlib.rounded(memory, 1)
-            for clients in settings["clients"]:
-                for kind in kinds:
-                    r = cells[f"parallel={parallel} clients={clients} {kind}"]
-                    ms = {k: None if r[k] is None else 1000 * r[k]
-                          for k in ("latency_p50_s", "latency_p95_s", "first_token_p50_s")}
-                    report.row(f"--parallel {parallel}, {clients} client{'s' * (clients > 1)}, "
-                               f"{kind}: throughput", r["requests_per_s"], "req/s",
-                               headline=clients == max(settings["clients"]) and kind == "steered",
-                               note=f"latency p50 {ms['latency_p50_s']:.0f} ms, p95 "
-                                    f"{ms['latency_p95_s']:.0f} ms; first token p50 "
-                                    f"{ms['first_token_p50_s']:.0f} ms; {r['requests']} requests"
-                                    + (f", {r['failed']} failed" if r["failed"] else ""))
-            report.row(f"--parallel {parallel}: server memory (PSS)", memory.get("Pss"), "MB",
-                       headline=True,
-                       note=f"resident {memory.get('VmRSS', 0):.0f} MB, of which mapped from "
-                            f"files {memory.get('RssFile', 0):.0f} MB (the GGUF, counted once "
-                            f"per worker in RSS, once in PSS) and anonymous "
-                            f"{memory.get('RssAnon', 0):.0f} MB")
+                    with httpx.Client(timeout=600) as http:             # untimed warm-up
+                        one_request(http, url, kinds["steered"])
+                        one_request(http, url, kinds["unsteered"])
+                    for i, clients in enumerate(settings["clients"]):
+                        order = list(kinds) if i % 2 == 0 else list(kinds)[::-1]
+                        for kind in order:
+                            result = cell(url, clients, settings["per_client"], kinds[kind])
+                            cells[f"parallel={parallel} clients={clients} {kind}"] = result
+                            benchlib.say(f"[serve] parallel {parallel}, {clients} clients, {kind}: "
+                                         f"{result['requests_per_s']:.2f} req/s")
+                    memory = memory_mb(pid)
+                report.data[f"memory_parallel_{parallel}_mb"] = benchlib.rounded(memory, 1)
+                for clients in settings["clients"]:
+                    for kind in kinds:
+                        r = cells[f"parallel={parallel} clients={clients} {kind}"]
+                        ms = {k: None if r[k] is None else 1000 * r[k]
+                              for k in ("latency_p50_s", "latency_p95_s", "first_token_p50_s")}
+                        most = clients == max(settings["clients"])
+                        report.row(f"--parallel {parallel}, {clients} client{'s' * (clients > 1)}, "
+                                   f"{kind}: throughput", r["requests_per_s"], "req/s",
+                                   headline=most and kind == "steered",
+                                   note=f"latency p50 {ms['latency_p50_s']:.0f} ms, p95 "
+                                        f"{ms['latency_p95_s']:.0f} ms; first token p50 "
+                                        f"{ms['first_token_p50_s']:.0f} ms; "
+                                        f"{r['requests']} requests"
+                                        + (f", {r['failed']} failed" if r["failed"] else ""))
+                report.row(f"--parallel {parallel}: server memory (PSS)", memory.get("Pss"), "MB",
+                           headline=True,
+                           note=f"resident {memory.get('VmRSS', 0):.0f} MB, of which mapped from "
+                                f"files {memory.get('RssFile', 0):.0f} MB (the GGUF, counted once "
+                                f"per worker in RSS, once in PSS) and anonymous "
+                                f"{memory.get('RssAnon', 0):.0f} MB")
     report.data["cells"] = benchlib.rounded(cells, 4)
-    chats = {}
-    for label, options in (("without the prompt cache", ()),
-                           ("with --prompt-cache", ("--prompt-cache",))):
-        with report.part(f"multi-turn chat, {label}"):
-            with server(settings["model"], 1, threads, 1, *options) as (url, _):
-                chats[label] = chat_turns(url, settings)
-            last = chats[label][-1]
-            found = last["usage"]["prompt_tokens_details"]["cached_tokens"]
-            report.row(f"multi-turn chat, turn {settings['turns']}, {label}: time to first token",
-                       1000 * last["first"], "ms", headline=True,
-                       note=f"{last['usage']['prompt_tokens']} prompt tokens, {found} found "
-                            f"cached; {settings['max_tokens']}-token replies, steered")
-    report.data["chat_turns"] = {label: [benchlib.rounded(
-        {"first_token_s": r["first"], "latency_s": r["latency"],
-         "prompt_tokens": r["usage"]["prompt_tokens"],
-         "cached_tokens": r["usage"]["prompt_tokens_details"]["cached_tokens"]}, 4)
-        for r in results] for label, results in chats.items()}
-    with contextlib.suppress(KeyError, IndexError):
-        same = sum(a["text"] == b["text"] for a, b in zip(chats["without the prompt cache"],
-                                                          chats["with --prompt-cache"]))
-        report.data["chat_same_replies"] = same
-        report.note(f"multi-turn chat: {same} of {settings['turns']} replies the same with and "
-                    f"without the cache (with it, an earlier reply steered as the next one is "
-                    f"kept as it was generated, steered, as in `edgeemo chat`; without it, the "
-                    f"whole conversation is read unsteered)")
+    if "chat" in parts:
+        chats = {}
+        for label, options in (("without the prompt cache", ()),
+                               ("with --prompt-cache", ("--prompt-cache",))):
+            with report.part(f"multi-turn chat, {label}"):
+                with server(settings["model"], 1, threads, 1, *options) as (url, _):
+                    chats[label] = chat_turns(url, settings, settings["emotion"],
+                                              settings["turns"])
+                last = chats[label][-1]
+                found = last["usage"]["prompt_tokens_details"]["cached_tokens"]
+                report.row(f"multi-turn chat, turn {settings['turns']}, {label}: "
+                           f"time to first token", 1000 * last["first"], "ms", headline=True,
+                           note=f"{last['usage']['prompt_tokens']} prompt tokens, {found} found "
+                                f"cached; {settings['max_tokens']}-token replies, steered")
+        report.data["chat_turns"] = {label: [benchlib.rounded(
+            {"first_token_s": r["first"], "latency_s": r["latency"],
+             "prompt_tokens": r["usage"]["prompt_tokens"],
+             "cached_tokens": r["usage"]["prompt_tokens_details"]["cached_tokens"]}, 4)
+            for r in results] for label, results in chats.items()}
+        with contextlib.suppress(KeyError, IndexError):
+            same = sum(a["text"] == b["text"] for a, b in zip(chats["without the prompt cache"],
+                                                              chats["with --prompt-cache"]))
+            report.data["chat_same_replies"] = same
+            report.note(f"multi-turn chat: {same} of {settings['turns']} replies the same with and "
+                        f"without the cache (with it, an earlier reply steered as the next one is "
+                        f"kept as it was generated, steered, as in `edgeemo chat`; without it, the "
+                        f"whole conversation is read unsteered)")
+    if "load" in parts:
+        load(report, settings)
     for clients in settings["clients"]:
         with contextlib.suppress(KeyError, TypeError):
             steered = cells[f"parallel=1 clients={clients} steered"]["requests_per_s"]

@@ -44,14 +44,19 @@ from .errors import require
               help="Keep each worker's cached prompt between requests: a chat's next turn reads "
                    "only its new messages (a reply may then differ from a fresh model's where "
                    "two tokens are nearly tied).")
+@click.option("--route-wait", type=click.FloatRange(0), default=1.0, show_default=True,
+              metavar="SECONDS",
+              help="With --prompt-cache and --parallel above 1: how long a request that "
+                   "extends what a busy worker is reading waits for that worker before it takes "
+                   "another (which reads the conversation again).")
 @click.option("--max-body", type=click.IntRange(1024), default=1_000_000, show_default=True,
               help="Largest request body in bytes (413 beyond).")
 @click.option("--allow-remote", is_flag=True,
               help="Bind a non-loopback address without an API key (anyone who can reach it "
                    "can use it).")
 def serve_command(model, host, port, api_key, parallel, queue_size, threads, n_ctx, max_tokens,
-                  max_tokens_limit, time_limit, emotion, cors_origins, prompt_cache, max_body,
-                  allow_remote):
+                  max_tokens_limit, time_limit, emotion, cors_origins, prompt_cache, route_wait,
+                  max_body, allow_remote):
     """An OpenAI-compatible server for steered chat (needs the serve extra).
 
     \b
@@ -89,7 +94,8 @@ def serve_command(model, host, port, api_key, parallel, queue_size, threads, n_c
     app = create_app(model, parallel=parallel, queue_size=queue_size, api_key=api_key,
                      threads=threads, n_ctx=n_ctx, max_body=max_body, max_tokens=max_tokens,
                      max_tokens_limit=max_tokens_limit, time_limit=time_limit,
-                     cors_origins=cors_origins, emotion=emotion, prompt_cache=prompt_cache)
+                     cors_origins=cors_origins, emotion=emotion, prompt_cache=prompt_cache,
+                     route_wait=route_wait)
     shown = f"[{host}]" if ":" in host else host
     say(f"serving {app.state.model.name} at http://{shown}:{port}/v1 (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)

@@ -24,10 +24,11 @@ worker's cached prompt, so a reply never depends on the request before it) and g
 worker goes back to the pool. With ``prompt_cache`` the worker keeps the part of its cache the new
 steering can use (``keep_cache=True``): the prompt read unsteered, and an earlier reply only if it
 was steered as this one is; ``usage.prompt_tokens_details.cached_tokens`` says how much was
-reused. Requests beyond ``parallel`` wait in a queue of ``queue_size``; when that is full the
-answer is 503. llama.cpp maps the GGUF file into memory, so the workers share one
-copy of the weights (the page cache); each worker adds its KV cache and compute buffers (about
-75 MB for SmolLM2-135M at n_ctx 2048).
+reused, and a request whose prompt extends the conversation a worker holds (a chat's next turn)
+goes to that worker (see :class:`WorkerPool` for when it waits for it). Requests beyond
+``parallel`` wait in a queue of ``queue_size``; when that is full the answer is 503. llama.cpp
+maps the GGUF file into memory, so the workers share one copy of the weights (the page cache);
+each worker adds its KV cache and compute buffers (about 75 MB for SmolLM2-135M at n_ctx 2048).
 
 Disconnects. Each request has a stop flag, set when the client goes away (the ASGI server's
 ``http.disconnect``) or when a stream is closed; the worker checks it between tokens, so at most
@@ -83,6 +84,7 @@ log = logging.getLogger("edgeemo.serve")
 DEFAULT_MAX_TOKENS = 200        # when a request gives none (as in `edgeemo chat`)
 MAX_BODY = 1_000_000            # bytes; a larger request body is a 413
 PROBE_MAX_CHARS = 4000          # the probe reads the whole text at once in onnxruntime
+ROUTE_WAIT = 1.0                # seconds a request may wait for the worker holding its prefix
 
 
 # --- emotions ----------------------------------------------------------------------------------
@@ -166,82 +168,142 @@ class QueueFull(Exception):
     pass
 
 
+class Waiter:
+    """A request waiting for a worker."""
+
+    def __init__(self, future: asyncio.Future, prompt, wants, until: float):
+        self.future = future        # resolved with the worker
+        self.prompt = prompt        # its messages or text (None: the probe)
+        self.wants = wants          # the worker that holds its prompt's prefix, or None
+        self.until = until          # loop time from which any free worker will do
+
+
 class WorkerPool:
     """``parallel`` EmotionModels, each used by one request at a time, and a bounded queue.
 
-    Idle workers wait in an asyncio queue, so taking one is awaited in the event loop and
-    releasing one (from the worker's thread, when its generation ends) is handed back to it.
+    Requests get free workers in their order of arrival, each the worker that has been free the
+    longest. Routing (``route_wait`` not None, for the prompt cache): a worker remembers what its
+    cache holds, the messages or text of its last request (and its reply, once finished). A
+    request whose prompt begins with that (a chat's next turn sends the conversation so far) goes
+    to that worker. If the worker is busy, a request that extends what it is reading (such as a
+    title asked for a chat while its turn is written) waits up to ``route_wait`` seconds for it,
+    requests behind it going first meanwhile, then takes any free worker.
+    Everything here runs in the event loop but :meth:`release`, which hands the worker back to it.
     """
 
-    def __init__(self, runtimes: list[EmotionModel], queue_size: int):
+    def __init__(self, runtimes: list[EmotionModel], queue_size: int, *,
+                 route_wait: float | None = None):
         self.runtimes = runtimes
         self.queue_size = queue_size
+        self.route_wait = route_wait
         self.executor = ThreadPoolExecutor(len(runtimes), thread_name_prefix="edgeemo-worker")
-        self.waiting = 0
+        self.idle = list(runtimes)          # free workers, the longest free first
+        self.held: dict = {}                # worker -> the messages or text it holds
+        self.waiters: list[Waiter] = []     # first come, first served
         self.stats = {"requests": 0, "completed": 0, "cancelled": 0, "failed": 0, "rejected": 0,
-                      "tokens": 0}                      # tokens generated, all requests
+                      "routed": 0, "tokens": 0}         # routed: to the worker holding a prefix
         self._lock = threading.Lock()                   # stats are counted from the workers
-        self._idle: asyncio.Queue | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def busy(self) -> int:
-        return len(self.runtimes) - (self._idle.qsize() if self._idle else len(self.runtimes))
+        return len(self.runtimes) - len(self.idle)
 
-    def _queue(self) -> asyncio.Queue:
-        loop = asyncio.get_running_loop()
-        if self._idle is None or self._loop is not loop:       # made in the loop that serves
-            self._idle, self._loop = asyncio.Queue(), loop
-            for runtime in self.runtimes:
-                self._idle.put_nowait(runtime)
-        return self._idle
+    @property
+    def waiting(self) -> int:
+        return len(self.waiters)
 
-    def acquire(self) -> asyncio.Future:
-        """A future for an idle worker: each request waits its turn; raises QueueFull when
-        ``queue_size`` requests are already waiting for a worker."""
-        idle = self._queue()
-        if self.waiting >= idle.qsize() + self.queue_size:
-            self.count("rejected")
-            raise QueueFull()
-        self.waiting += 1
-        getting = asyncio.ensure_future(idle.get())
-        getting.add_done_callback(self._got)
-        return getting
+    def holder(self, prompt) -> EmotionModel | None:
+        """The worker holding what ``prompt`` begins with (the longest), or None; a busy worker
+        only if ``prompt`` goes on beyond its request's (a chat that merely opens as another
+        does would evict that chat from the worker)."""
+        if prompt is None or self.route_wait is None:
+            return None
+        found, longest = None, 0
+        for runtime, held in self.held.items():
+            if type(held) is type(prompt) and len(held) > longest \
+                    and prompt[:len(held)] == held \
+                    and (runtime in self.idle or len(prompt) > len(held)):
+                found, longest = runtime, len(held)
+        return found
 
-    def _got(self, _future) -> None:
-        self.waiting -= 1
+    async def take(self, gone: asyncio.Future, prompt=None) -> EmotionModel | None:
+        """A worker once one is free for this request (``prompt``: its messages or text), or
+        None if ``gone`` (the client left) ends first.
 
-    async def take(self, gone: asyncio.Future) -> EmotionModel | None:
-        """An idle worker once one is free, or None if ``gone`` (the client left) ends first.
-
-        Raises QueueFull. Whatever way the wait ends (the client gone, or this coroutine
-        cancelled), a worker that was handed over meanwhile goes back to the pool.
+        Raises QueueFull when ``queue_size`` requests are already waiting and no worker is free.
+        Whatever way the wait ends (the client gone, or this coroutine cancelled), a worker that
+        was handed over meanwhile goes back to the pool.
         """
-        getting = self.acquire()
+        loop = self._loop = asyncio.get_running_loop()
+        wants = self.holder(prompt)
+        if len(self.waiters) >= self.queue_size:
+            if not self.idle:
+                self.count("rejected")
+                raise QueueFull()
+            wants = None                            # no room to wait for one worker
+        waiter = Waiter(loop.create_future(), prompt, wants,
+                        loop.time() + (self.route_wait or 0))
+        self.waiters.append(waiter)
+        self._dispatch()
+        if not waiter.future.done() and wants is not None:
+            loop.call_later(self.route_wait, self._dispatch)    # then any free worker will do
         try:
-            await asyncio.wait({getting, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter.future, gone}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
-            self._give_up(getting)
+            self._give_up(waiter)
             raise
         if gone.done():
-            self._give_up(getting)
+            self._give_up(waiter)
             return None
-        return getting.result()
+        return waiter.future.result()
 
-    def _give_up(self, getting: asyncio.Future) -> None:
-        if getting.done() and not getting.cancelled():
-            self.release(getting.result())
+    def _dispatch(self) -> None:
+        """Hand free workers to waiting requests, in order; one waiting for its busy holder is
+        passed over until its wait is up, and the others leave the workers it wants alone."""
+        now = self._loop.time()
+        routing = [w for w in self.waiters if w.wants is not None and now < w.until]
+        for waiter in list(self.waiters):
+            if not self.idle:
+                return
+            if waiter in routing:
+                if waiter.wants not in self.idle:
+                    continue
+                runtime = waiter.wants
+                self.count("routed")
+            else:
+                wanted = {w.wants for w in routing}
+                runtime = next((r for r in self.idle if r not in wanted), self.idle[0])
+            self.idle.remove(runtime)
+            self.waiters.remove(waiter)
+            if waiter.prompt is not None:           # its cache is the new request's now
+                self.held[runtime] = waiter.prompt
+            waiter.future.set_result(runtime)
+
+    def _give_up(self, waiter: Waiter) -> None:
+        if waiter.future.done() and not waiter.future.cancelled():
+            self._put_back(waiter.future.result())
         else:
-            getting.cancel()
+            waiter.future.cancel()
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(waiter)
+            self._dispatch()                        # those it held back may go now
 
     def count(self, what: str, n: int = 1) -> None:
         with self._lock:
             self.stats[what] += n
 
-    def release(self, runtime: EmotionModel) -> None:
-        """Give a worker back; safe to call from any thread."""
+    def release(self, runtime: EmotionModel, held=None) -> None:
+        """Give a worker back, ``held`` what its cache now holds (the messages or text of its
+        request, its reply included) if known; safe to call from any thread."""
         with contextlib.suppress(RuntimeError):         # the loop is gone: shutting down
-            self._loop.call_soon_threadsafe(self._idle.put_nowait, runtime)
+            self._loop.call_soon_threadsafe(self._put_back, runtime, held)
+
+    def _put_back(self, runtime: EmotionModel, held=None) -> None:
+        if held is not None:
+            self.held[runtime] = held
+        self.idle.append(runtime)
+        self._dispatch()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -269,6 +331,7 @@ class Job:
         self.events: asyncio.Queue = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
         self.runtime: EmotionModel | None = None
+        self.held = None                    # the prompt and its whole reply, once finished
 
     def emit(self, *event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -312,7 +375,7 @@ class Job:
             log.exception("generation failed")
             self.emit("error", exc)
         finally:
-            pool.release(runtime)
+            pool.release(runtime, self.held)
 
     def generate(self, ids: list[int]) -> tuple[str | None, int]:
         """Emit the reply's text; returns (finish reason or None if stopped, tokens generated).
@@ -355,6 +418,8 @@ class Job:
             self.emit("text", text[shown:], [e for _, e in pending])
         if finish is None:
             finish = "length" if len(tokens) >= options.max_tokens else "stop"
+        self.held = self.prompt + (text if isinstance(self.prompt, str) else
+                                   [{"role": "assistant", "content": text}])
         return finish, len(tokens)
 
 
@@ -464,7 +529,8 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
                n_ctx: int = 2048, max_body: int = MAX_BODY,
                max_tokens: int = DEFAULT_MAX_TOKENS, max_tokens_limit: int | None = None,
                time_limit: float | None = None, cors_origins: list[str] | tuple = (),
-               emotion: str | None = None, prompt_cache: bool = False) -> FastAPI:
+               emotion: str | None = None, prompt_cache: bool = False,
+               route_wait: float = ROUTE_WAIT) -> FastAPI:
     """A FastAPI app serving ``model`` (a name, a .gguf path or a Model; default: the default
     model) with ``parallel`` workers.
 
@@ -482,6 +548,9 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
         emotion: the steering of requests that name none (as their ``emotion`` field).
         prompt_cache: keep each worker's cached prompt from one request to the next (see
             ``EmotionModel.steer(keep_cache=True)``): a chat's next turn reads only what is new.
+        route_wait: with ``prompt_cache`` and more than one worker, seconds a request whose
+            prompt extends the one a busy worker holds waits for that worker before it takes
+            any free one (0: only when it is free).
 
     Raises:
         EdgeemoError: an unknown model, or bad settings.
@@ -495,6 +564,8 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
         raise EdgeemoError("the API key is empty: give a secret string, or no API key")
     if max_tokens_limit is not None and max_tokens_limit < 1:
         raise EdgeemoError(f"the max tokens limit must be at least 1, not {max_tokens_limit}")
+    if not route_wait >= 0:
+        raise EdgeemoError(f"the route wait must be 0 or more seconds, not {route_wait}")
     if time_limit is not None and not time_limit > 0:
         raise EdgeemoError(f"the time limit must be a positive number of seconds, not "
                            f"{time_limit}")
@@ -509,7 +580,7 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
     runtimes = []
     for _ in range(parallel):
         runtimes.append(EmotionModel(resolved, n_ctx=n_ctx, threads=threads))
-    pool = WorkerPool(runtimes, queue_size)
+    pool = WorkerPool(runtimes, queue_size, route_wait=route_wait if prompt_cache else None)
     n_vocab = runtimes[0].llm.n_vocab()
     longest = min(max_tokens_limit or n_ctx, n_ctx)
     default_max_tokens = min(max_tokens, longest)
@@ -626,9 +697,9 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
         return {"object": "probe", "model": resolved.name, "text": text,
                 "ranking": [{"emotion": name, "score": round(score, 4)} for name, score in ranked]}
 
-    async def take_worker(watcher: asyncio.Future) -> EmotionModel | None:
+    async def take_worker(watcher: asyncio.Future, prompt=None) -> EmotionModel | None:
         try:
-            return await pool.take(watcher)
+            return await pool.take(watcher, prompt)
         except QueueFull:
             raise APIError(503, f"the server is busy: {parallel} requests are running and "
                                 f"{queue_size} waiting; try again shortly",
@@ -649,7 +720,7 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
         watcher = asyncio.ensure_future(watch_disconnect(request, job.stop))
         running = False
         try:
-            runtime = await take_worker(watcher)
+            runtime = await take_worker(watcher, job.prompt)
             if runtime is None:                        # the client left while it waited
                 return JSONResponse({}, status_code=499), None
             pool.count("requests")

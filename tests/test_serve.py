@@ -663,6 +663,147 @@ def test_cors_lets_the_listed_origins_in_and_answers_preflight_before_the_key(st
     assert "access-control-allow-origin" not in r.headers
 
 
+# --- clients: the openai package, curl and a browser page, against one server ----------------
+
+PAGE = """<!doctype html>
+<html><body><script>
+const api = "API/v1/chat/completions";
+const body = {messages: MESSAGES, max_tokens: 8, temperature: 0, seed: 0, emotion: "fear"};
+const auth = {"Authorization": "Bearer KEY", "Content-Type": "application/json"};
+async function run() {
+  const result = {};
+  let r = await fetch(api, {method: "POST", headers: auth, body: JSON.stringify(body)});
+  result.whole = (await r.json()).choices[0].message.content;
+  r = await fetch(api, {method: "POST", headers: {"Content-Type": "application/json"},
+                        body: JSON.stringify(body)});
+  result.without_key = r.status;
+  r = await fetch(api, {method: "POST", headers: auth,
+                        body: JSON.stringify({...body, stream: true})});
+  const reader = r.body.getReader(), decoder = new TextDecoder();
+  let buffer = "", events = [];
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, {stream: true});
+  }
+  for (const line of buffer.split("\\n")) if (line.startsWith("data: ")) events.push(line.slice(6));
+  result.done = events[events.length - 1];
+  result.streamed = events.slice(0, -1).map(e => JSON.parse(e).choices[0].delta.content || "")
+                                       .join("");
+  result.chunks = events.length - 1;
+  return result;
+}
+const report = r => fetch("/result", {method: "POST", body: JSON.stringify(r)});
+run().then(report, e => report({error: String(e)}));
+</script></body></html>
+"""
+
+
+def chromium() -> str:
+    """The Chromium command; in CI (CI=true) its absence is a failure, not a skip."""
+    import os
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        message = "chromium is not installed (apt-get install chromium; .ci/run does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@contextlib.contextmanager
+def page_server():
+    """A web server of its own (another origin): it serves its ``page`` attribute (set once the
+    page is made) and keeps what the page posts back in ``result`` (setting ``posted``); yields
+    (the server, its origin)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(self.server.page.encode())
+
+        def do_POST(self):
+            self.server.result = self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(204)
+            self.end_headers()
+            self.server.posted.set()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    server.posted = threading.Event()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, f"http://localhost:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
+def test_the_openai_client_curl_and_a_page_from_another_origin_all_work(reference, tmp_path):
+    """One server, with an API key and CORS for the page's origin; headless Chromium loads the
+    page, whose script calls the server with the key, whole and streamed."""
+    import os
+    import signal
+    import subprocess
+
+    browser = chromium()
+    messages = user("Hi!")
+    expected = reference(messages, "fear", max_tokens=8)[0]
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = {"messages": messages, "max_tokens": 8, "emotion": "fear", **GREEDY}
+    with page_server() as (pages, origin):
+        live = Live(create_app(models.resolve(MODEL), threads=1, api_key=KEY,
+                               cors_origins=[origin]))
+        try:
+            pages.page = PAGE.replace("API", live.url).replace("KEY", KEY).replace(
+                "MESSAGES", json.dumps(messages))
+            client = live.client(api_key=KEY)
+            assert chat(client, messages, "fear", max_tokens=8).choices[0].message.content \
+                == expected
+            assert streamed(client, messages, "fear", max_tokens=8)[0] == expected
+
+            curl = subprocess.run(
+                ["curl", "-sN", "--max-time", "120", live.url + "/v1/chat/completions",
+                 "-H", f"Authorization: Bearer {KEY}", "-H", "Content-Type: application/json",
+                 "-d", json.dumps({**body, "stream": True})],
+                capture_output=True, text=True, timeout=150, check=True)
+            events = [line[6:] for line in curl.stdout.splitlines() if line.startswith("data: ")]
+            assert events[-1] == "[DONE]"
+            assert "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
+                           for e in events[:-1]) == expected
+            curl = subprocess.run(["curl", "-s", live.url + "/v1/chat/completions",
+                                   "-H", "Content-Type: application/json", "-d", json.dumps(body)],
+                                  capture_output=True, text=True, timeout=30, check=True)
+            assert json.loads(curl.stdout)["error"]["code"] == "invalid_api_key"
+
+            # the page posts its findings back to its own server; then the browser is stopped
+            page = subprocess.Popen(
+                [browser, "--headless=new", "--disable-gpu", "--no-sandbox",
+                 "--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={tmp_path}",
+                 origin + "/page.html"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                assert pages.posted.wait(120), "the page posted nothing back within 120 s"
+            finally:
+                os.killpg(page.pid, signal.SIGTERM)
+                page.wait(30)
+        finally:
+            live.stop()
+    result = json.loads(pages.result)
+    assert "error" not in result, result["error"]
+    assert result["whole"] == expected and result["streamed"] == expected
+    assert result["without_key"] == 401 and result["done"] == "[DONE]" and result["chunks"] > 2
+
+
 # --- limits -------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -765,6 +906,47 @@ def test_a_request_cancelled_while_it_waits_gives_back_the_worker_it_was_handed(
         assert asyncio.run(scenario()) == ("only", 0)
     finally:
         pool.executor.shutdown()
+
+
+def test_a_chats_next_turn_goes_to_the_worker_that_holds_it_waiting_a_bounded_time():
+    turn1 = user("Hi!")
+    turn2 = turn1 + [{"role": "assistant", "content": "Hello!"}, *user("How are you?")]
+    title = turn2 + user("Give this chat a title.")        # asked while turn 2 is written
+
+    async def take(pool, prompt, seconds=2):
+        never = asyncio.get_running_loop().create_future()
+        return await asyncio.wait_for(pool.take(never, prompt), seconds)
+
+    async def after_turn1(pool):
+        pool.release(await take(pool, turn1), turn2[:2])     # x, the worker free the longest
+        await asyncio.sleep(0.01)
+        return await take(pool, turn2)
+
+    async def scenario(pool):
+        loop = asyncio.get_running_loop()
+        took = [await after_turn1(pool)]               # x again, though y is free the longest
+        waiting = asyncio.ensure_future(take(pool, title))  # waits for x...
+        await asyncio.sleep(0.05)
+        took.append(await take(pool, user("Something else.")))   # ...a new chat behind takes y
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and pool.waiting == 1
+        pool.release(took[0])
+        took.append(await waiting)                     # x, within the wait
+        pool.release(took[1])
+        started = loop.time()                          # x busy past the wait: any free worker
+        took.append(await take(pool, title + user("Shorter, please.")))
+        return took, loop.time() - started
+
+    routed = WorkerPool(["x", "y"], queue_size=4, route_wait=0.3)
+    unrouted = WorkerPool(["x", "y"], queue_size=4)
+    try:
+        took, waited = asyncio.run(scenario(routed))
+        assert took == ["x", "y", "x", "y"] and 0.25 < waited < 1
+        assert routed.stats["routed"] == 2 and routed.waiting == 0
+        assert asyncio.run(after_turn1(unrouted)) == "y"     # without routing
+    finally:
+        routed.executor.shutdown()
+        unrouted.executor.shutdown()
 
 
 @pytest.mark.slow
@@ -887,3 +1069,96 @@ def test_the_prompt_cache_keeps_a_chats_earlier_turns_but_no_other_steering(cach
     assert found[1] >= prompts[0]                 # turn 1, its steered reply included, reused
     assert found[2] == prompts[0] - 1             # calm: from turn 1's first steered position on,
     assert found[3] == prompts[2] - 1             # and unsteered: from turn 3's, read again
+
+
+@pytest.fixture(scope="module")
+def routed(default_gguf):
+    """Two workers that keep their cached prompts, a chat's turns routed to the one holding it."""
+    yield from serve(parallel=2, prompt_cache=True)
+
+
+class Chat:
+    """One client's conversation, each turn sending all of it so far; ``turns`` keeps
+    (messages, reply) of each turn."""
+
+    def __init__(self, client: OpenAI, emotion):
+        self.client, self.emotion = client, emotion
+        self.messages, self.turns = [], []
+
+    def say(self, text: str):
+        messages = self.messages + user(text)
+        reply = chat(self.client, messages, self.emotion, max_tokens=12)
+        self.turns.append((messages, reply))
+        self.messages = messages + [{"role": "assistant",
+                                     "content": reply.choices[0].message.content}]
+        return reply
+
+    def check(self, library: EmotionModel) -> None:
+        """Each reply is the one a lone worker with a prompt cache gives to the same turns, and
+        each turn after the first found the one before it cached, its reply included (so it ran
+        on the worker that held the chat)."""
+        expected = []
+        for i, (messages, _) in enumerate(self.turns):
+            keep = i > 0                                # turn 1 from an empty cache
+            library.steer(self.emotion, keep_cache=keep) if self.emotion else \
+                library.clear(keep_cache=keep)
+            expected.append(library.generate(messages, max_tokens=12, repeat_penalty=1.0,
+                                             **GREEDY))
+        assert [r.choices[0].message.content for _, r in self.turns] == expected, self.emotion
+        for (before, _), (_, reply) in zip(self.turns, self.turns[1:]):
+            assert reply.usage.prompt_tokens_details.cached_tokens >= \
+                len(library.prompt_ids(before)), self.emotion
+
+
+@pytest.mark.slow
+def test_a_chats_turns_go_to_the_worker_that_holds_it(routed):
+    """Two chats in the order A1 A2 B1 A3 B2 B3: without routing, each next turn would take the
+    other worker, the one free the longest, and find nothing of its chat cached."""
+    library = EmotionModel(models.resolve(MODEL), threads=1)
+    a, b = Chat(routed.client(), "fear"), Chat(routed.client(), "joy:0.06,calm:0.03")
+    try:
+        a.say("Good morning!")
+        a.say("What are you doing today?")
+        b.say("Hello there.")
+        a.say("And after that?")
+        b.say("Tell me a secret.")
+        b.say("Why?")
+        a.check(library)
+        b.check(library)
+    finally:
+        library.close()
+    assert routed.wait_idle()["routed"] >= 3
+
+
+@pytest.mark.slow
+def test_no_steering_leaks_through_the_cache_between_interleaved_chats(routed, reference):
+    """Two clients at once, each a chat with its own emotion, on two workers that keep their
+    caches: every reply is the one a lone worker gives. Then each chat goes on with other
+    steering, on the worker that holds it: the reply is the one a fresh model gives, so nothing
+    of the earlier steering was kept."""
+    library = EmotionModel(models.resolve(MODEL), threads=1)
+    chats = [Chat(routed.client(), "sad"), Chat(routed.client(), {"angry": 0.1})]
+    said = ["I have some news.", "It is about the house.", "What should I do?"]
+
+    def client(c):
+        for text in said:
+            c.say(text)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in chats]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        for c in chats:
+            c.check(library)
+        for c, other in zip(chats, [None, "fear"]):
+            messages = c.messages + user("Tell me more.")
+            reply = chat(c.client, messages, other, max_tokens=12)
+            assert reply.choices[0].message.content == reference(messages, other, 12)[0]
+            # the chat read unsteered is reused, up to turn 1's first steered position
+            assert reply.usage.prompt_tokens_details.cached_tokens == \
+                len(library.prompt_ids(c.turns[0][0])) - 1
+    finally:
+        library.close()
+    assert routed.wait_idle()["failed"] == 0
