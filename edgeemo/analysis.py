@@ -22,7 +22,7 @@ from .errors import require
 from .extract import Activations
 
 BASELINES = ("neutral", "grand")
-BAND_WIDTH = 5             # layers in the steering band, as in the probe of DESIGN.md
+BAND_WIDTH = 5             # layers in the steering band: the layers a vector writes and the probe reads
 
 
 def neutral_components(acts: Activations, k: int) -> np.ndarray:

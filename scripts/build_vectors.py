@@ -10,7 +10,7 @@ recipe was chosen on cross-fit vectors (made from half of the requests, judged b
 from the other half), which moved and identified the emotion about twice as often as
 comprehension vectors at the same on-task share; those figures belong to the half-data vectors,
 not to the shipped files, which every tone reader shares text with. The shipped files are judged
-by the LLM judge, which shares no data with them (README, "Does steering work?").
+by the LLM judge, which shares no data with them (docs/results.md, "Does steering work?").
 Comprehension stays the command's default: it separates the emotions best when reading text
 (held-out accuracy 0.77 against 0.19 for generation-based vectors).
 

@@ -90,7 +90,7 @@ def test_heldout_classification_is_well_above_chance(method, request, default_ex
           f"(n={result['n']}, chance {result['chance']:.2f}), band {band}")
     assert result["top1"] >= 2.5 * result["chance"]
     if method == "comprehension":
-        assert result["top1"] >= 0.7              # 0.77 measured (README)
+        assert result["top1"] >= 0.7              # 0.77 measured (docs/results.md)
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Calibration: per emotion, the strength at which steering works and the text survives.
 
-    from edgeemo.calibration import calibrate, apply_calibration
+    from edgeemo.evaluation.calibration import calibrate, apply_calibration
     chosen = calibrate(EmotionModel(), ["afraid"])            # evaluate 5 strengths x 8 scenarios
     apply_calibration("afraid.gguf", chosen["afraid"]["strength"], chosen["afraid"])
 

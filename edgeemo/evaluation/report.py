@@ -1,6 +1,6 @@
 """The report of an evaluation: ``result.json``, ``report.md``, ``regimes.png``, ``success.png``.
 
-    from edgeemo.report import write_report
+    from edgeemo.evaluation.report import write_report
     write_report(result, "eval-report")        # result: what evaluate.evaluate() returns
 
 Everything here reads a finished result and nothing else (no model), so a stored result.json can be
