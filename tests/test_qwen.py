@@ -42,8 +42,9 @@ def test_int8_export_of_qwen_matches_llama_cpp(qwen, qwen_int8):
 
     reader = HiddenStateReader(qwen_int8)
     assert reader.n_layer == 24 and reader.n_embd == 896
-    # measured 0.9991 on this export
-    assert check.parity(qwen, qwen_int8) >= 0.995
+    cosines = check.parity_by_position(qwen, qwen_int8)
+    # measured 0.9991 on this export; 0.9993 after the first position, which extraction pools
+    assert cosines["all"] >= 0.995 and cosines["after_first"] >= 0.995
 
 
 def test_a_qwen_vector_steers_a_reply(qwen, qwen_int8, tmp_path):
@@ -63,3 +64,30 @@ def test_a_qwen_vector_steers_a_reply(qwen, qwen_int8, tmp_path):
     assert steered.strip() and steered != plain
     words = np.array([w.isascii() for w in steered.split()])
     assert words.mean() > 0.8, steered                      # still English, not another script
+
+
+def test_prebuilt_qwen_vectors_steer_a_chat_right_after_the_pull(qwen):
+    """`edgeemo generate qwen2.5-coder-0.5b-instruct --emotion fear --compare` as a user runs it
+    after `edgeemo pull`: the shipped, calibrated file is found and changes the reply."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edgeemo.cli import cli
+    from edgeemo.steer import find_vector
+    from edgeemo.vectors import ControlVector, recommended_strength
+
+    path = find_vector(qwen, "afraid")
+    assert path is not None and path.parent == models.shipped_dir("vectors") / NAME
+    vec = ControlVector.from_gguf(path)
+    assert vec.metadata["method"] == "dialogue" and vec.n_embd == 896
+    assert 0 < recommended_strength(vec) <= 0.3
+    result = CliRunner().invoke(cli, ["generate", NAME, "-p", "Tell me about your morning.",
+                                      "--emotion", "fear", "--compare", "--max-tokens", "40",
+                                      "--temperature", "0", "--threads", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output[result.output.index("{"):])
+    assert doc["emotions"] == {"afraid": pytest.approx(recommended_strength(vec))}
+    assert doc["text"].strip() and doc["text"] != doc["unsteered"]["text"]
+    words = np.array([w.isascii() for w in doc["text"].split()])
+    assert words.mean() > 0.8, doc["text"]
