@@ -99,12 +99,12 @@ def export_model(model, precision, force):
 
 # --- emotion vectors ----------------------------------------------------------------------------
 
-method_option = click.option("--method", type=click.Choice(["generation", "comprehension",
-                                                          "dialogue"]),
-                             default="generation", show_default=True,
-                             help="generation: the model writes stories and its own text is "
-                                  "read back; comprehension: it reads vignettes; dialogue: it "
-                                  "reads assistant replies that differ only in tone (for chat).")
+METHOD_HELP = ("dialogue: the model reads assistant replies that differ only in tone (for chat); "
+               "generation: it writes stories and its own text is read back; comprehension: it "
+               "reads vignettes.")
+method_option = click.option("--method", type=click.Choice(["dialogue", "generation",
+                                                          "comprehension"]),
+                             default="dialogue", show_default=True, help=METHOD_HELP)
 pooling_option = click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean",
                               show_default=True, help="Mean over content tokens (sinks left "
                                                       "out), or the last token.")
@@ -201,18 +201,23 @@ def parse_layer_range(text: str) -> tuple[int, int] | None:
 @click.option("--emotion", "-e", help="Emotion or concept (fear, joy, calm…); see --all.")
 @click.option("--all", "all_", is_flag=True, help="Write vectors for all 20 emotions.")
 @click.option("--model", "-m", help="Model name or .gguf path (default: smollm2-135m-instruct).")
-@method_option
+@click.option("--method", type=click.Choice(["dialogue", "generation", "comprehension"]),
+              help=METHOD_HELP + " Default: dialogue, as the prebuilt vectors; generation for a "
+                                 "concept that is not one of the 20 emotions; for --stimuli, "
+                                 "the method its records are shaped for.")
 @click.option("--layers", "layer_spec", default="auto", show_default=True,
               help="llama.cpp layers A-B (tensors direction.A … direction.B), or auto: the band "
                    "where emotions separate best.")
 @click.option("--strength", type=float, help="Recommended strength stored in the file, as a "
-                                              "fraction of each layer's residual norm "
-                                              "(default: vectors.DEFAULT_STRENGTH).")
+                                              "fraction of each layer's residual norm. Default: "
+                                              "the calibrated strength of the prebuilt vector "
+                                              "made the same way, else 0.08.")
 @click.option("--stimuli", "stimuli_file", type=click.Path(exists=True, dir_okay=False),
               help="Your own JSONL texts ({\"emotion\":…, \"text\":…}, with neutral ones).")
 @pooling_option
-@click.option("--baseline", type=click.Choice(["neutral", "grand"]), default="neutral",
-              show_default=True, help="Subtract the neutral mean, or the mean of all emotions.")
+@click.option("--baseline", type=click.Choice(["grand", "neutral"]),
+              help="Subtract the mean of all emotions (the default when the texts hold two or "
+                   "more), or the neutral texts' mean.")
 @click.option("--denoise", type=click.IntRange(0, 64), default=0, show_default=True,
               help="Project out this many top principal components of neutral text.")
 @seed_option
@@ -226,6 +231,7 @@ def export_vector(emotion, all_, model, method, layer_spec, strength, stimuli_fi
     Examples:
       edgeemo export-vector --emotion fear
       edgeemo export-vector --all --method comprehension
+      edgeemo export-vector --emotion nostalgia          # any concept: the model writes stories
       edgeemo export-vector -e fear --layers 12-16 -o fear.gguf
       llama-cli -m model.gguf --control-vector fear.gguf      # stock llama.cpp, scale 1.0
     """
@@ -235,7 +241,8 @@ def export_vector(emotion, all_, model, method, layer_spec, strength, stimuli_fi
         raise click.UsageError("give --emotion NAME or --all")
     layers = parse_layer_range(layer_spec)
     check_settings(None if all_ else [emotion], method=method, strength=strength,
-                   baseline=baseline, denoise=denoise, layers=layers)      # before slow work
+                   baseline=baseline, denoise=denoise, layers=layers,
+                   stimuli_file=stimuli_file)                               # before slow work
     if output is not None:
         check_output(output, directory=all_)
     resolved = models.ensure(model, progress=say)

@@ -216,7 +216,7 @@ def generation(runtime, reader: HiddenStateReader, labels: list[str] | None = No
 
 # --- from a model name to activations, cached --------------------------------------------------
 
-def activations(model: models.Model, method: str = "generation", *,
+def activations(model: models.Model, method: str = "dialogue", *,
                 texts: dict[str, list[str]] | list[dict] | None = None, labels: Sequence[str] | None = None,
                 pooling: str = "mean", precision: str | None = None, seed: int = 0,
                 stories: int = 6, progress: Callable | None = None,

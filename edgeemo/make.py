@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from . import analysis, emotions, extract, stimuli, store
+from . import analysis, emotions, extract, models, stimuli, store
 from .errors import EdgeemoError
 from .models import Model
-from .vectors import DEFAULT_STRENGTH, check_strength
+from .vectors import check_strength
 
 BASELINES = analysis.BASELINES
 
@@ -59,26 +60,29 @@ def band_for(acts: extract.Activations, layers: tuple[int, int] | None) -> tuple
 
 
 def make_vectors(model: Model, emotion_names: Sequence[str] | None = None, *,
-                 method: str = "generation", layers: tuple[int, int] | None = None,
+                 method: str | None = None, layers: tuple[int, int] | None = None,
                  strength: float | None = None, stimuli_file: Path | str | None = None,
-                 pooling: str = "mean", baseline: str = "neutral", denoise: int = 0,
+                 pooling: str = "mean", baseline: str | None = None, denoise: int = 0,
                  seed: int = 0, output: Path | str | None = None,
                  progress: Callable[[str, int, int], None] | None = None,
                  say: Callable[[str], None] | None = None) -> list[Path]:
     """Write one control vector per emotion and return the paths.
 
     ``emotion_names``: emotions, aliases or (generation) custom concepts; None for all 20.
-    ``method``: generation, comprehension or dialogue (see ``extract.METHODS``).
-    ``layers``: llama.cpp layers (A, B) to steer, or None for the band where emotions separate
-    best. ``strength``: the strength stored in the file (default ``vectors.DEFAULT_STRENGTH``).
-    ``stimuli_file``: your own JSONL texts for a reading method. ``baseline``: subtract the
-    neutral mean or the grand mean of the emotions. ``denoise``: top principal components of
+    ``method``: generation, comprehension or dialogue (see ``extract.METHODS``); None for the
+    recipe the shipped vectors use (see :func:`recipe`). ``layers``: llama.cpp layers (A, B) to
+    steer, or None for the band where emotions separate best. ``strength``: the strength stored
+    in the file; None for the calibrated strength of the prebuilt vector made the same way, when
+    the model has one, else ``vectors.DEFAULT_STRENGTH``. ``stimuli_file``: your own JSONL texts
+    for a reading method. ``baseline``: subtract the neutral mean or the grand mean of the
+    emotions (None: see :func:`recipe`). ``denoise``: top principal components of
     neutral text to project out. ``output``: a file (one emotion) or a directory; default the
     store, where ``chat`` finds them. ``progress(label, done, total)`` follows long loops and
     ``say(message)`` reports steps.
     """
-    targets, strength = check_settings(emotion_names, method=method, strength=strength,
-                                       baseline=baseline, denoise=denoise, layers=layers)
+    plan = check_settings(emotion_names, method=method, strength=strength, baseline=baseline,
+                          denoise=denoise, layers=layers, stimuli_file=stimuli_file)
+    targets = plan.targets
     everything = emotion_names is None
     single_file = output is not None and not everything and len(targets) == 1 \
         and not Path(output).is_dir()
@@ -87,10 +91,13 @@ def make_vectors(model: Model, emotion_names: Sequence[str] | None = None, *,
     if single_file:
         check_output(output, directory=False)
 
-    acts = activations_for(model, method, targets, stimuli_file=stimuli_file, pooling=pooling,
-                           seed=seed, progress=progress, say=say)
-    vecs = vectors_from(acts, targets, layers=layers, strength=strength, baseline=baseline,
+    acts = activations_for(model, plan.method, targets, stimuli_file=stimuli_file,
+                           pooling=pooling, seed=seed, progress=progress, say=say)
+    baseline = plan.baseline or ("grand" if len(acts.emotions) >= 2 else "neutral")
+    vecs = vectors_from(acts, targets, layers=layers, strength=plan.strength, baseline=baseline,
                         denoise=denoise)
+    if plan.strength is None:
+        vecs = {name: prebuilt_strength(model, vec) for name, vec in vecs.items()}
     with store.transaction():          # all the files, or (interrupted) none of them
         return [vec.to_gguf(Path(output) if single_file else out_dir / f"{name}.gguf")
                 for name, vec in vecs.items()]
@@ -104,6 +111,10 @@ def vectors_from(acts: extract.Activations, targets: Sequence[str] | None = None
     missing = [t for t in targets if t not in acts.by_label]
     if missing:
         raise EdgeemoError(f"the stimuli have no texts for {', '.join(missing)}")
+    if baseline == "grand" and len(acts.emotions) < 2:
+        raise EdgeemoError(f"the grand baseline is the mean of two or more emotions, and these "
+                           f"texts hold only {acts.emotions[0]!r}: use the neutral baseline "
+                           f"(--baseline neutral)")
     band = band_for(acts, layers)
     dirs = analysis.directions(acts, baseline=baseline, denoise=denoise)
     return {name: analysis.make_vector(acts, name, dirs[name], band, strength=strength,
@@ -111,15 +122,37 @@ def vectors_from(acts: extract.Activations, targets: Sequence[str] | None = None
             for name in targets}
 
 
-def check_settings(emotion_names: Sequence[str] | None, *, method: str = "generation",
-                   strength: float | None = None, baseline: str = "neutral", denoise: int = 0,
-                   layers: tuple[int, int] | None = None) -> tuple[list[str], float]:
-    """Everything about a request for vectors that can be checked before any slow work:
-    returns the canonical emotion names and the strength."""
-    if method not in extract.METHODS:
+class Plan(NamedTuple):
+    """A request for vectors, checked: canonical targets, the method, the baseline (None: chosen
+    from the texts read, see :func:`recipe`) and the strength (None: see :func:`make_vectors`)."""
+    targets: list[str]
+    method: str
+    baseline: str | None
+    strength: float | None
+
+
+def recipe(targets: Sequence[str], stimuli_file: Path | str | None = None) -> str:
+    """The method used when none is asked for, following what the evaluations found best for
+    chat: dialogue (replies that differ only in tone) for the 20 emotions, with the grand mean of
+    the emotions as the baseline; for a custom concept, generation (the model writes stories
+    about it, as no shipped texts name it); for a ``--stimuli`` file, the reading method its
+    records are shaped for. The baseline is then grand whenever the texts hold two or more
+    emotions, else neutral."""
+    if stimuli_file is not None:
+        return stimuli.user_file_method(stimuli_file)
+    return "dialogue" if all(t in emotions.EMOTIONS for t in targets) else "generation"
+
+
+def check_settings(emotion_names: Sequence[str] | None, *, method: str | None = None,
+                   strength: float | None = None, baseline: str | None = None, denoise: int = 0,
+                   layers: tuple[int, int] | None = None,
+                   stimuli_file: Path | str | None = None) -> Plan:
+    """Everything about a request for vectors that can be checked before any slow work."""
+    if method is not None and method not in extract.METHODS:
         raise EdgeemoError(f"unknown method '{method}': choose one of {', '.join(extract.METHODS)}")
-    strength = DEFAULT_STRENGTH if strength is None else check_strength(strength, positive=True)
-    if baseline not in BASELINES:
+    if strength is not None:
+        strength = check_strength(strength, positive=True)
+    if baseline is not None and baseline not in BASELINES:
         raise EdgeemoError(f"unknown baseline '{baseline}': choose one of {', '.join(BASELINES)}")
     if isinstance(denoise, bool) or not isinstance(denoise, int) or denoise < 0:
         raise EdgeemoError(f"denoise {denoise!r}: give a number of components, 0 or more")
@@ -130,7 +163,37 @@ def check_settings(emotion_names: Sequence[str] | None, *, method: str = "genera
         emotions.canonical(e, allow_custom=True) for e in emotion_names))
     if not targets:
         raise EdgeemoError("give at least one emotion")
-    return targets, strength
+    method = method or recipe(targets, stimuli_file)
+    custom = [t for t in targets if t not in emotions.EMOTIONS]
+    if baseline == "grand" and method == "generation" and custom and len(custom) < 2 \
+            and stimuli_file is None:
+        raise EdgeemoError(f"the grand baseline is the mean of two or more emotions, and the "
+                           f"stories will be about {custom[0]!r} alone: use the neutral baseline "
+                           f"(--baseline neutral) or give more concepts")
+    return Plan(targets, method, baseline, strength)
+
+
+# What must agree for a prebuilt vector's calibrated strength to carry over to a new vector.
+SAME_RECIPE = ("method", "baseline", "pooling", "denoise", "layers", "source_sha256",
+               "stimuli_hash")
+
+
+def prebuilt_strength(model: Model, vec):
+    """``vec`` at the strength calibrated for the prebuilt vector of its emotion when that file
+    was made the same way (same model file, texts, method, baseline, pooling and layers: the same
+    direction), else ``vec`` as it is (at ``vectors.DEFAULT_STRENGTH``)."""
+    from .vectors import ControlVector, at_strength
+
+    if model.card is None:
+        return vec
+    path = models.shipped_dir("vectors") / model.card.name / f"{vec.metadata['emotion']}.gguf"
+    if not path.is_file():
+        return vec
+    shipped = ControlVector.from_gguf(path).metadata
+    if not shipped.get("calibrated") or any(shipped.get(k) != vec.metadata.get(k)
+                                            for k in SAME_RECIPE):
+        return vec
+    return at_strength(vec, float(shipped["strength"]), strength_from=f"prebuilt {path.name}")
 
 
 def activations_for(model: Model, method: str, targets: Sequence[str] = (), *,

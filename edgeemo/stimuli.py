@@ -306,6 +306,16 @@ def dialogue(emotions: Iterable[str] | None = None) -> list[dict]:
     return [dict(r) for r in _dialogue() if wanted is None or r["emotion"] in wanted]
 
 
+def user_file_method(path: Path | str) -> str:
+    """The reading method a user's ``--stimuli`` file is shaped for: dialogue when its first
+    record has a ``"request"``, else comprehension (a bad file is reported by its loader)."""
+    try:
+        _, records = _numbered_records(path)
+    except StimuliError:
+        return "comprehension"
+    return "dialogue" if records and "request" in records[0][1] else "comprehension"
+
+
 def load_user_dialogue(path: Path | str) -> list[dict]:
     """A user's ``--stimuli`` file for the dialogue method, checked line by line."""
     label, rows = _dialogue_records(path, allow_custom=True)

@@ -10,7 +10,7 @@ an address-space limit. Most fail in argument checking before any model loads.
 
 Hand-written cases by command (``python -m pytest tests/test_bad_input.py --collect-only -q``):
 
-    models 5, pull 14, export-model 11, export-vector 28, inspect 16, layers 9,
+    models 5, pull 14, export-model 11, export-vector 30, inspect 16, layers 9,
     compare-methods 7, probe 11, generate 38, chat 21, evaluate 18, calibrate 12,
     under memory and time limits 7, Python API (no model) 24, Python API (real model) 25
     -> 246 in tables, 255 with the single tests below them; plus generated damaged GGUF files
@@ -356,8 +356,12 @@ EXPORT_VECTOR = [
     case("export-vector", "--all", "-o", "a-file", "exists and is not a directory"),
     case("export-vector", "-e", "fear", "-m", "no-such-model", "unknown model"),
     case("export-vector", "-e", "fear", "-m", "./cut-model.gguf", "is not a complete GGUF model"),
-    case("export-vector", "-e", "fear", "--stimuli", "bad.jsonl", "generation method writes",
+    case("export-vector", "-e", "fear", "--method", "generation", "--stimuli", "bad.jsonl",
+         "generation method writes", store="model"),
+    case("export-vector", "-e", "fear", "--stimuli", "bad.jsonl", "bad.jsonl:1: invalid JSON",
          store="model"),
+    case("export-vector", "-e", "zorblax", "--baseline", "grand", "the grand baseline is the "
+         "mean of two or more emotions", store="model"),
     case("export-vector", "-e", "zorblax", "--method", "comprehension", "needs its texts",
          store="model"),
 ]
