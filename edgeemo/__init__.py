@@ -1,6 +1,6 @@
 """edgeemo: emotion vectors for small language models, extracted on CPU, applied by llama.cpp.
 
-    from edgeemo import EmotionModel, ChatSession, ControlVector, make_vectors, models
+    from edgeemo import EmotionModel, ChatSession, ControlVector, Mix, make_vectors, models
 
 The public names are imported on first use, so ``import edgeemo`` stays light.
 """
@@ -11,7 +11,7 @@ _PUBLIC = {
     "EmotionModel": "steer", "ChatSession": "chat", "ControlVector": "vectors",
     "at_strength": "vectors", "check_strength": "vectors", "DEFAULT_STRENGTH": "vectors",
     "make_vectors": "make", "layer_report": "make", "export_model": "export",
-    "Probe": "probe", "HiddenStateReader": "reader", "EdgeemoError": "errors",
+    "Probe": "probe", "HiddenStateReader": "reader", "EdgeemoError": "errors", "Mix": "mix",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from . import emotions
 from .errors import EdgeemoError
 
 HELP = ("commands: /emotion NAME[:S][,NAME:S]  /strength S  /off  /reset  /show  /help; "
@@ -83,18 +82,20 @@ class ChatSession:
     def command(self, line: str) -> str:
         """Run an in-chat command (``/emotion``, ``/strength``, ``/off``, ``/reset``, ``/show``,
         ``/help``) and return what to tell the user. Raises EdgeemoError for a bad command."""
+        from .mix import Mix, parse_strength
+
         name, _, arg = line.strip().partition(" ")
         arg = arg.strip()
         if name == "/emotion":
             if not arg:
                 raise EdgeemoError("usage: /emotion NAME[:S][,NAME:S]")
-            self.runtime.steer(emotions.parse_mix(arg))
+            self.runtime.steer(Mix.parse(arg))
             return f"steering: {describe_mix(self.runtime.mix)}"
         if name == "/strength":
             try:
-                value = float(arg)
-            except ValueError:
-                raise EdgeemoError(f"usage: /strength S (a number such as 0.08), not '{arg}'") from None
+                value = parse_strength(arg)
+            except EdgeemoError as exc:
+                raise EdgeemoError(f"usage: /strength S: {exc}") from None
             if not self.runtime.mix:
                 raise EdgeemoError("no emotion is set: use /emotion NAME first")
             self.runtime.steer({n: (value if s >= 0 else -value) for n, s in self.runtime.mix.items()})

@@ -305,21 +305,23 @@ def finite(value, param):
     return value
 
 
-def mix_from(spec: str | None, strength: float | None) -> dict[str, float | None]:
-    from . import emotions
+def mix_from(spec: str | None, strength: float | None):
+    """The Mix of --emotion, with --strength for its parts given without one; checked before
+    the model loads."""
+    from .mix import Mix
 
     if spec is None:
         if strength is not None:
             raise click.UsageError("--strength needs --emotion")
-        return {}
-    from .vectors import check_strength
-
-    mix = emotions.parse_mix(spec)
-    mix = {name: (strength if s is None else s) for name, s in mix.items()}
-    for value in mix.values():                   # before the model loads
-        if value is not None:
-            check_strength(value)
-    return mix
+        return Mix()
+    try:
+        mix = Mix.parse(spec)
+    except EdgeemoError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--emotion'") from None
+    try:
+        return mix.with_default(strength)
+    except EdgeemoError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--strength'") from None
 
 
 @cli.command()

@@ -21,7 +21,7 @@ DEFAULT_JUDGES = "llm"
 def _strengths(spec: str, *, recommended: bool = False) -> list[float | None]:
     """Strengths from "0.04,0.08"; with ``recommended``, the word "recommended" stands for each
     vector's own strength (None)."""
-    from .vectors import check_strength
+    from .mix import parse_strength
 
     values, own = [], False
     for part in spec.split(","):
@@ -30,11 +30,7 @@ def _strengths(spec: str, *, recommended: bool = False) -> list[float | None]:
         if recommended and part.strip().lower() in ("recommended", "calibrated"):
             own = True
             continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise EdgeemoError(f"bad strength '{part.strip()}': give numbers like 0.04,0.08") from None
-        check_strength(value)
+        value = parse_strength(part, example="0.04 (--strengths 0.04,0.08)")
         if value <= 0:
             raise EdgeemoError(f"strength {value} is not positive: evaluate steers towards an "
                                f"emotion, give strengths like 0.04,0.08")

@@ -1,8 +1,8 @@
-"""The emotion vocabulary: canonical names, aliases, rough valence/arousal, and CLI parsing.
+"""The emotion vocabulary: canonical names, aliases and rough valence/arousal.
 
 Everything that takes an emotion name from a user goes through :func:`canonical`, so ``fear``,
-``Scared`` and ``afraid`` all mean the same vector. :func:`parse_mix` reads the ``--emotion``
-option of the CLI (``fear``, ``fear:0.1``, ``fear:0.1,calm:0.05``).
+``Scared`` and ``afraid`` all mean the same vector. A mix of emotions with strengths
+(``fear:0.1,calm:0.05``) is read by :class:`edgeemo.mix.Mix`.
 
 The valence and arousal numbers are approximate placements on the usual circumplex model. They are
 only used to order and colour reports; nothing is computed from them.
@@ -11,10 +11,9 @@ only used to order and colour reports; nothing is computed from them.
 from __future__ import annotations
 
 import difflib
-import math
 import re
 
-from .errors import EdgeemoError, UnknownEmotion
+from .errors import UnknownEmotion
 
 EMOTIONS: tuple[str, ...] = (
     "happy", "sad", "calm", "desperate", "afraid", "angry", "proud", "guilty", "nervous", "hopeful",
@@ -143,56 +142,3 @@ def canonical(name: str, *, allow_neutral: bool = False, allow_custom: bool = Fa
     if allow_custom and key and len(key) <= _CUSTOM_MAX and _CUSTOM_RE.match(key):
         return key
     raise _unknown(name, key, allow_neutral, allow_custom)
-
-
-def _parse_strength(text: str, part: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise EdgeemoError(
-            f"bad strength {text!r} in {part!r}: write a number, e.g. fear:0.1") from None
-    if math.isnan(value) or math.isinf(value):
-        raise EdgeemoError(
-            f"bad strength {text!r} in {part!r}: the strength must be a finite number, e.g. 0.1")
-    return value
-
-
-def parse_mix(spec: str) -> dict[str, float | None]:
-    """Parse an ``--emotion`` spec into ``{canonical emotion: strength or None}``.
-
-    Accepted forms: ``fear``, ``fear:0.1``, ``fear:0.1,calm:0.05``, ``afraid:-0.05``,
-    ``my-concept.gguf:0.1`` (a vector file instead of a name). A missing
-    strength (``None``) means "use the default for this model". Raises :class:`UnknownEmotion`
-    for names that are not emotions and :class:`EdgeemoError` for malformed specs.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise EdgeemoError("empty emotion spec: write e.g. fear, fear:0.1 or fear:0.1,calm:0.05")
-    mix: dict[str, float | None] = {}
-    for raw in spec.split(","):
-        part = raw.strip()
-        if not part:
-            raise EdgeemoError(
-                f"empty part in emotion spec {spec.strip()!r}: remove the extra comma, "
-                f"e.g. fear:0.1,calm:0.05")
-        if part.count(":") > 1:
-            raise EdgeemoError(
-                f"bad emotion spec part {part!r}: write name or name:strength, e.g. fear:0.1")
-        name, sep, strength_text = part.partition(":")
-        name = name.strip()
-        if not name:
-            raise EdgeemoError(
-                f"missing emotion name in {part!r}: write name:strength, e.g. fear:0.1")
-        # a vector file may stand in for a name (e.g. one made for your own concept)
-        emotion = name if name.lower().endswith(".gguf") else canonical(name)
-        strength: float | None = None
-        if sep:
-            strength_text = strength_text.strip()
-            if not strength_text:
-                raise EdgeemoError(
-                    f"missing strength after ':' in {part!r}: write e.g. {name}:0.1 or just {name}")
-            strength = _parse_strength(strength_text, part)
-        if emotion in mix:
-            raise EdgeemoError(
-                f"emotion {emotion!r} appears twice in {spec.strip()!r}: give each emotion once")
-        mix[emotion] = strength
-    return mix

@@ -76,8 +76,9 @@ from . import __version__, emotions, models  # noqa: E402
 from .errors import EdgeemoError, UnknownEmotion  # noqa: E402
 from .serve_schema import (APIError, ChatRequest, CompletionRequest,  # noqa: E402
                            GenerationRequest, ProbeRequest, Sampling, sampling)
-from .steer import EmotionModel, check_messages, find_vector, looks_like_file  # noqa: E402
-from .vectors import ControlVector, check_strength, recommended_strength  # noqa: E402
+from .mix import Mix  # noqa: E402
+from .steer import EmotionModel, check_messages, find_vector  # noqa: E402
+from .vectors import ControlVector, recommended_strength  # noqa: E402
 
 log = logging.getLogger("edgeemo.serve")
 
@@ -106,29 +107,18 @@ def available_emotions(model: models.Model) -> dict[str, dict]:
     return found
 
 
-def parse_emotion(value, available: dict[str, dict], param: str = "emotion"
-                  ) -> dict[str, float | None]:
-    """An emotion (a name, "joy:0.06,calm:0.03" or {"afraid": 0.08}) as ``{canonical name:
-    strength or None}`` (None: the vector's calibrated strength); ``{}`` for no steering. Raises
-    APIError (400, naming ``param``) for anything else."""
+def parse_emotion(value, available: dict[str, dict], param: str = "emotion") -> Mix:
+    """An emotion (a name, "joy:0.06,calm:0.03" or {"afraid": 0.08}) as a Mix of emotions this
+    server has vectors for (a strength None: the vector's calibrated strength); an empty Mix for
+    no steering. Raises APIError (400, naming ``param``) for anything else."""
     try:
         if value is None or value == "" or value == {}:
-            return {}
-        if isinstance(value, str):
-            mix = emotions.parse_mix(value)
-        else:
-            mix = {}
-            for name, strength in value.items():
-                key = emotions.canonical(name)
-                if key in mix:
-                    raise EdgeemoError(f"{name!r} is {key!r} again: give each emotion once")
-                mix[key] = None if strength is None else check_strength(strength)
-        for name, strength in mix.items():
-            if looks_like_file(name):
-                raise EdgeemoError(f"{name!r}: vector files cannot be named over HTTP; use an "
-                                   f"emotion name (GET /v1/emotions lists them)")
-            if strength is not None:
-                check_strength(strength)
+            return Mix()
+        mix = Mix.parse(value) if isinstance(value, str) else Mix.from_dict(value)
+        if mix.files:
+            raise EdgeemoError(f"{mix.files[0]!r}: vector files cannot be named over HTTP; use "
+                               f"an emotion name (GET /v1/emotions lists them)")
+        for name in mix.names:
             if name not in available:
                 raise EdgeemoError(f"no {name!r} vector for this model; available: "
                                    f"{', '.join(available) or 'none'} (make one with "
@@ -141,7 +131,7 @@ def parse_emotion(value, available: dict[str, dict], param: str = "emotion"
 
 
 def requested_mix(body: GenerationRequest, served: str, available: dict[str, dict],
-                  default: dict) -> dict[str, float | None]:
+                  default: Mix) -> Mix:
     """The steering a request asks for: its ``emotion`` field, else the emotion named in its
     model (``"<model>:<emotion>"`` or ``"<model>:<emotion>:<strength>"``), else the server's
     default. A model name without ':' is the served model, whatever it says."""
@@ -320,7 +310,7 @@ class Job:
     checks it between tokens.
     """
 
-    def __init__(self, mix: dict, prompt: list[dict] | str, options: Sampling, *,
+    def __init__(self, mix: Mix, prompt: list[dict] | str, options: Sampling, *,
                  time_limit: float | None = None, keep_cache: bool = False):
         self.mix = mix
         self.prompt = prompt                # chat messages, or text to continue

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from . import _cvec, check, emotions, models, store
 from .errors import EdgeemoError, VectorFormatError
-from .vectors import MAX_STRENGTH, ControlVector, mix_buffer, scale_for
+from .mix import Mix, check_total, looks_like_file
+from .vectors import ControlVector, mix_buffer, scale_for
 
 
 class EmotionModel:
@@ -202,12 +203,6 @@ class EmotionModel:
 
     # --- steering --------------------------------------------------------------------------
 
-    def _key(self, name_or_path: str) -> str:
-        """The name a mix reports a part under: the canonical emotion, or the file path."""
-        if looks_like_file(name_or_path):
-            return name_or_path
-        return emotions.canonical(name_or_path, allow_custom=True)
-
     def vector(self, name_or_path: str) -> ControlVector:
         """A control vector for this model, by emotion name (store or prebuilt) or file path."""
         if not isinstance(name_or_path, str) or not name_or_path.strip():
@@ -230,37 +225,37 @@ class EmotionModel:
         self.vectors[key] = vec
         return vec
 
-    def steer(self, mix: dict[str, float | None] | str | None, *,
+    def steer(self, mix: Mix | dict[str, float | None] | str | os.PathLike | None, *,
               layers: tuple[int, int] | None = None, keep_cache: bool = False) -> dict[str, float]:
         """Apply an emotion or a weighted mix ({"afraid": 0.06, "calm": -0.02}); None clears.
 
-        A strength is a fraction of each layer's typical residual norm; None means the vector's
-        recommended strength. Returns the applied mix with strengths filled in. The cached prompt
-        is dropped, so the next reply is the one a fresh model gives, unless ``keep_cache``: then
-        its unsteered part is kept (see :meth:`_keep_unsteered`), which saves reading a
-        conversation's earlier turns again, though a reply read from a cached prefix may differ
-        from a fresh one where two tokens are nearly tied (another order of float sums).
+        ``mix`` is a :class:`~edgeemo.mix.Mix`, a dict of emotion names (custom concepts too) or
+        vector paths to strengths, a string as ``--emotion`` takes ("fear:0.06,calm:-0.02"), or
+        the path of one vector file. A strength is a fraction of each layer's typical residual
+        norm; None means the vector's recommended strength. Returns the applied mix with
+        strengths filled in. The cached prompt is dropped, so the next reply is the one a fresh
+        model gives, unless ``keep_cache``: then its unsteered part is kept (see
+        :meth:`_keep_unsteered`), which saves reading a conversation's earlier turns again,
+        though a reply read from a cached prefix may differ from a fresh one where two tokens are
+        nearly tied (another order of float sums).
         """
-        if mix is None or mix == {}:
-            return self.clear(keep_cache=keep_cache)
         if isinstance(mix, str):
-            mix = emotions.parse_mix(mix)
-        if not isinstance(mix, dict):
-            raise EdgeemoError(f"steer() takes a dict such as {{'afraid': 0.08}} or a string "
-                               f"such as 'afraid:0.08', not {type(mix).__name__}")
+            mix = Mix.parse(mix)
+        elif isinstance(mix, dict):
+            mix = Mix.from_dict(mix, allow_custom=True)
+        elif isinstance(mix, os.PathLike):
+            mix = Mix.from_path(mix)
+        elif mix is not None and not isinstance(mix, Mix):
+            raise EdgeemoError(f"steer() takes a dict such as {{'afraid': 0.08}}, a string "
+                               f"such as 'afraid:0.08' or a Mix, not {type(mix).__name__}")
+        if not mix:
+            return self.clear(keep_cache=keep_cache)
         parts, applied = [], {}
         for name, strength in mix.items():
             vec = self.vector(name)
-            key = self._key(name)
-            if key in applied:
-                raise EdgeemoError(f"'{name}' is {key!r} again: give each emotion once in a mix")
-            scale, applied[key] = scale_for(vec, strength)
+            scale, applied[name] = scale_for(vec, strength)
             parts.append((restrict(vec, layers), scale))
-        total = sum(abs(s) for s in applied.values())
-        if len(applied) > 1 and total > MAX_STRENGTH:
-            raise EdgeemoError(f"the mix adds up to {total:g} (the sum of its strengths), beyond "
-                               f"{MAX_STRENGTH:g}, a whole residual norm, where text is noise; "
-                               f"lower the strengths (useful mixes add up to about 0.05-0.2)")
+        check_total(applied.values())        # with each vector's own strength filled in
         check.require_steerable(self.llm, self.model.name)   # once per architecture
         self._buffer = mix_buffer(parts, self.n_layer)
         _cvec.apply(self.llm, self._buffer, reset=not keep_cache)
@@ -280,12 +275,6 @@ class EmotionModel:
             self._keep_unsteered((self.mix, self.layers) if self._buffer is not None else None)
         else:                                 # _cvec.apply reset the model: nothing is cached
             self._cache, self._steered_from = None, None
-
-
-def looks_like_file(name: str) -> bool:
-    """A bare word is an emotion; only something that looks like a path is a file (a file named
-    ``calm`` in the working directory does not replace the emotion calm)."""
-    return name.lower().endswith(".gguf") or "/" in name or os.sep in name
 
 
 def token_text(llm, token: int) -> str:

@@ -465,6 +465,9 @@ GENERATE = [
     case("generate", "-p", "hi", "-e", "sleepy", "unknown emotion"),
     case("generate", "-p", "hi", "-e", "neutral", "baseline"),
     case("generate", "-p", "hi", "-e", "fear:5", "beyond"),
+    case("generate", "-p", "hi", "-e", "fear:0.9,calm:0.9", "adds up to"),   # before the model
+    case("generate", "-p", "hi", "-e", "fear", "--strength", "5", "'--strength': strength 5.0"),
+    case("generate", "-p", "hi", "-e", "fear,calm", "-s", "0.6", "adds up to"),
     case("generate", "-p", "hi", "--strength", "0.1", "--strength needs --emotion"),
     case("generate", "-p", "hi", "--temperature", "nan", "not a finite number"),
     case("generate", "-p", "hi", "--temperature", "-1", "temperature"),
@@ -491,6 +494,7 @@ GENERATE = [
     case("generate", "-p", "hi", *T1, "-e", "./local.gguf", "is a GGUF model", store="model"),
     case("generate", "-p", "hi", *T1, "-e", "./small.gguf", "was made for", store="model"),
     case("generate", "-p", "hi", *T1, "-e", "./cut-vector.gguf", "not a complete", store="model"),
+    case("generate", "-p", "hi", *T1, "-e", "no-dir/vec:0.02", "not found", store="model"),
     case("generate", "-p", "word " * 2500, *T1, "--max-tokens", "10", "context overflow",
          store="model"),
     case("generate", "-p", "hi", *T1, "-e", "./vec.gguf:0.02", "--max-tokens", "3", "--json",
@@ -533,6 +537,9 @@ CHAT = [
     chat("/bogus", error="unknown command /bogus"),
     chat("/emotion ./notes.gguf", error="is not a GGUF file"),
     chat("/emotion fear:0.9,calm:0.9", error="adds up to"),
+    chat("/emotion no-dir/vec:0.02", error="not found"),
+    chat("/emotion fear:0.1", "/strength nan", error="usage: /strength S: strength must be a "
+                                                     "finite number"),
 ]
 
 
@@ -676,6 +683,50 @@ def test_a_bare_word_is_an_emotion_even_if_a_file_has_its_name(tmp_path, monkeyp
     assert looks_like_file("calm.gguf") and looks_like_file("./calm") and looks_like_file("a/b")
 
 
+def test_a_bad_emotion_option_is_a_bad_parameter_before_the_model_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEEMO_HOME", str(tmp_path / "store"))        # no model: not loaded
+    for command in (["generate", "-p", "hi"], ["chat"]):
+        for option, value, words in [("-e", "sleepy", "unknown emotion 'sleepy'"),
+                                     ("-e", "dir/x:abc", "bad strength 'abc'"),
+                                     ("-s", "nan", "strength must be a finite number")]:
+            args = command + (["-e", "fear", option, value] if option == "-s" else [option, value])
+            result = run(*args)
+            assert result.exit_code == 2, result.output
+            hint = "'--strength'" if option == "-s" else "'--emotion'"
+            assert f"Error: Invalid value for {hint}: {words}" in result.output, result.output
+
+
+def test_chat_commands_read_mixes_without_a_model():
+    from edgeemo import ChatSession
+    from edgeemo.mix import Mix
+
+    class Runtime:                                   # records what the chat asks to steer
+        def __init__(self):
+            self.mix, self.asked = {}, []
+
+        def steer(self, mix):
+            mix = mix if isinstance(mix, Mix) else Mix.from_dict(mix, allow_custom=True)
+            self.asked.append(mix)
+            self.mix = {key: 0.05 if s is None else s for key, s in mix.items()}
+
+    runtime = Runtime()
+    chat = ChatSession(runtime)
+    chat.command("/emotion Scared:0.1, dir/x")
+    assert runtime.asked[-1] == Mix.parse("afraid:0.1,dir/x")
+    assert chat.command("/strength 0.2") == "steering: afraid +0.200, dir/x +0.200"
+    assert runtime.asked[-1] == Mix.parse("afraid:0.2,dir/x:0.2")
+    for line, words in [("/strength abc", "usage: /strength S: bad strength 'abc'"),
+                        ("/strength", "usage: /strength S: bad strength ''"),
+                        ("/strength inf", "usage: /strength S: strength must be a finite number"),
+                        ("/strength 2", "usage: /strength S: strength 2.0 is beyond"),
+                        ("/emotion fear,scared", "appears twice"),
+                        ("/emotion fear:0.6,calm:0.6", "adds up to")]:
+        with pytest.raises(EdgeemoError) as err:
+            chat.command(line)
+        assert words in str(err.value), (line, str(err.value))
+    assert len(runtime.asked) == 2                   # no bad line reached the model
+
+
 def test_inspect_json_never_prints_nan(tmp_path):
     import json
 
@@ -756,7 +807,7 @@ API_NO_MODEL = [
     (lambda d: _make(denoise=-1), "denoise"),
     (lambda d: _make(baseline="zero"), "unknown baseline"),
     (lambda d: _make(layers=(5, 2)), "upwards"),
-    (lambda d: __import__("edgeemo.emotions").emotions.parse_mix("fear:1e999"), "finite"),
+    (lambda d: __import__("edgeemo.mix").mix.Mix.parse("fear:1e999"), "finite"),
     (lambda d: _reader(d / "no-such-export"), "is not a complete ONNX export"),
     (lambda d: _reader(d / "dir.gguf"), "is not a complete ONNX export"),
     (lambda d: __import__("edgeemo.export").export.export_model(

@@ -836,6 +836,42 @@ def test_a_reply_ends_at_the_time_limit(timed):
     assert elapsed < 10                       # the story alone takes far longer than that
 
 
+def test_emotion_fields_are_read_as_one_mix():
+    """Without a model: the request's emotion field and a model alias read as the CLI does."""
+    from edgeemo.mix import Mix
+    from edgeemo.serve import parse_emotion
+    from edgeemo.serve_schema import APIError
+
+    available = {name: {} for name in emotions.EMOTIONS if name != "gloomy"}
+    assert parse_emotion("fear:0.06,calm:0.03", available) == Mix.parse("afraid:0.06,calm:0.03")
+    assert parse_emotion({"Scared": 0.06, "joy": None}, available).as_dict() == \
+        {"afraid": 0.06, "happy": None}
+    for empty in (None, "", {}):
+        assert parse_emotion(empty, available) == Mix() and not parse_emotion(empty, available)
+    for value, param, code, words in [
+            ("xyzzy", "emotion", "unknown_emotion", "emotion: unknown emotion 'xyzzy'"),
+            ("xyzzy", "model", "unknown_emotion", "model: unknown emotion 'xyzzy'"),
+            ("gloom", "emotion", "invalid_emotion", "no 'gloomy' vector for this model"),
+            ("fear,scared", "emotion", "invalid_emotion", "appears twice"),
+            ({"afraid": 0.1, "fear": 0.1}, "emotion", "invalid_emotion", "appears twice"),
+            ({"afraid": True}, "emotion", "invalid_emotion", "strength must be a number"),
+            ("fear:2", "model", "invalid_emotion", "beyond"),
+            # the sum is checked with the rest of the field (it was refused by the worker)
+            ({"afraid": 0.8, "calm": 0.8}, "emotion", "invalid_emotion", "emotion: the mix adds"),
+            ("fear:0.8,calm:0.8", "model", "invalid_emotion", "model: the mix adds up"),
+            # a path is a file in a string and in a dict alike (a dict's was an unknown emotion,
+            # and a string's 'dir/x' too)
+            ("/etc/passwd.gguf", "emotion", "invalid_emotion", "vector files cannot be named"),
+            ({"/etc/passwd.gguf": 0.1}, "emotion", "invalid_emotion", "vector files cannot be"),
+            ("dir/x:0.1", "model", "invalid_emotion", "'dir/x': vector files cannot be named"),
+            ({"./calm": None}, "emotion", "invalid_emotion", "vector files cannot be named")]:
+        with pytest.raises(APIError) as err:
+            parse_emotion(value, available, param=param)
+        e = err.value
+        assert (e.status, e.param, e.code) == (400, param, code), (value, e.message)
+        assert words in e.message and "\n" not in e.message, (value, e.message)
+
+
 # --- steering without extra_body ----------------------------------------------------------------
 
 @pytest.mark.slow

@@ -62,6 +62,49 @@ def test_a_mix_is_the_sum_of_its_parts_in_the_buffer(runtime, monkeypatch):
     assert received[-1] is None
 
 
+def test_every_form_of_a_mix_sets_the_same_buffer(runtime, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from edgeemo.mix import Mix
+    from edgeemo.steer import find_vector
+
+    received = []
+    real_apply = _cvec.apply
+    monkeypatch.setattr(_cvec, "apply", lambda llm, buf, **kw: (received.append(buf),
+                                                                 real_apply(llm, buf, **kw)))
+
+    def buffer(mix):
+        applied = runtime.steer(mix)
+        return applied, received[-1]
+
+    afraid = find_vector(runtime.model, "afraid")
+    own = runtime.vector("afraid").metadata["strength"]
+    expected, buf = buffer({"afraid": 0.06, "calm": -0.03})
+    for mix in ("fear:0.06,calm:-0.03", {"scared": 0.06, "Calm": -0.03},
+                Mix.parse("afraid:0.06,calm:-0.03")):
+        applied, got = buffer(mix)
+        assert applied == expected == {"afraid": 0.06, "calm": -0.03}, mix
+        np.testing.assert_array_equal(got, buf)
+    # a vector file, by path: in a dict, a string, a Path or a Mix, with or without a strength
+    _, by_name = buffer({"afraid": None})
+    for mix in ({str(afraid): None}, str(afraid), Path(afraid), Mix.from_path(afraid)):
+        applied, got = buffer(mix)
+        assert applied == {str(afraid): own}, mix
+        np.testing.assert_array_equal(got, by_name)
+    _, by_name = buffer({"afraid": 0.05})
+    for mix in (f"{afraid}:0.05", {str(afraid): 0.05}, Mix.from_path(afraid, 0.05)):
+        applied, got = buffer(mix)
+        assert applied == {str(afraid): 0.05}, mix
+        np.testing.assert_array_equal(got, by_name)
+    # a copy with no '.gguf' in a directory: a file in a string too, not an unknown emotion
+    (tmp_path / "fear-copy").write_bytes(afraid.read_bytes())
+    applied, got = buffer(f"{tmp_path / 'fear-copy'}:0.05")
+    assert applied == {str(tmp_path / "fear-copy"): 0.05}
+    np.testing.assert_array_equal(got, by_name)
+    for empty in (None, {}, Mix()):
+        assert runtime.steer(empty) == {} and received[-1] is None
+
+
 def test_only_the_vectors_layers_are_steered_and_that_changes_nothing(runtime, monkeypatch):
     ranges = []
     real_function = _cvec._function()

@@ -8,9 +8,9 @@ import re
 import pytest
 
 from edgeemo import stimuli
-from edgeemo.emotions import (ALIASES, AROUSAL, EMOTIONS, NEUTRAL, VALENCE, canonical,
-                              parse_mix)
+from edgeemo.emotions import ALIASES, AROUSAL, EMOTIONS, NEUTRAL, VALENCE, canonical
 from edgeemo.errors import EdgeemoError, UnknownEmotion
+from edgeemo.mix import Mix, looks_like_file, parse_strength
 from edgeemo.stimuli import StimuliError
 
 # Words a vignette must not contain for its own emotion: the name, its aliases and the obvious
@@ -198,6 +198,12 @@ def test_custom_concept_gets_generic_prompts_only():
     assert len(prompts) < len(stimuli.generation_prompts("afraid"))
 
 
+# --- emotion mixes ---------------------------------------------------------------------------
+
+def parse_mix(spec: str) -> dict:
+    return Mix.parse(spec).as_dict()
+
+
 @pytest.mark.parametrize("spec,expected", [
     ("fear", {"afraid": None}),
     ("fear:0.1", {"afraid": 0.1}),
@@ -205,14 +211,22 @@ def test_custom_concept_gets_generic_prompts_only():
     (" fear : 0.1 ,  Calm:0.05 ", {"afraid": 0.1, "calm": 0.05}),
     ("afraid:-0.05", {"afraid": -0.05}),
     ("joy,anger:1e-2", {"happy": None, "angry": 0.01}),
+    ("fear:1", {"afraid": 1.0}),                               # a single part up to ±1
+    ("fear:0.6,calm", {"afraid": 0.6, "calm": None}),          # calm's own strength: at steer()
+    ("my-concept.gguf:0.1", {"my-concept.gguf": 0.1}),
+    ("dir/x.gguf:0.1", {"dir/x.gguf": 0.1}),
+    (" ./Mine.GGUF ", {"./Mine.GGUF": None}),                 # a path is kept as written
+    ("dir/x.gguf,fear:0.02", {"dir/x.gguf": None, "afraid": 0.02}),
 ])
 def test_parse_mix(spec, expected):
     assert parse_mix(spec) == expected
+    assert list(parse_mix(spec)) == list(expected)             # in the order given
 
 
 @pytest.mark.parametrize("spec", [
     "fear:nan", "fear:inf", "fear:-inf", "fear:abc", "fear:", ":0.1", "fear,,calm", "fear,",
     "", "   ", "fear:0.1:2", "fear,scared", "afraid:0.1,fear:0.2",
+    "fear:5", "fear:-1.5", "fear:0.6,calm:0.5", "fear:0.6,calm:-0.5", "./a.gguf,./a.gguf",
 ])
 def test_parse_mix_malformed(spec):
     with pytest.raises(EdgeemoError) as info:
@@ -225,6 +239,95 @@ def test_parse_mix_unknown_name():
         parse_mix("feer:0.1")
     with pytest.raises(UnknownEmotion):
         parse_mix("neutral:0.1")
+    with pytest.raises(UnknownEmotion):
+        parse_mix("nostalgic")                                  # custom concepts: asked for
+    assert Mix.parse("nostalgic:0.1", allow_custom=True).as_dict() == {"nostalgic": 0.1}
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("", "empty emotion spec"),
+    ("fear,scared", "'afraid' appears twice in the mix (as 'fear' and 'scared'): give each "
+                    "emotion once"),
+    ("fear,fear", "'afraid' appears twice in the mix: give each emotion once"),
+    ("fear:abc", "bad strength 'abc': write a number such as fear:0.1"),
+    ("fear:nan", "finite"),
+    ("fear:5", "beyond"),
+    ("fear:0.6,calm:0.5", "the mix adds up to 1.1"),
+    ("fear:0.1:2", "write name or name:strength"),
+])
+def test_mix_errors_say_what_to_do(spec, words):
+    with pytest.raises(EdgeemoError) as info:
+        Mix.parse(spec)
+    assert words in str(info.value)
+
+
+def test_the_one_rule_for_vector_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "calm").write_text("not a vector")
+    for file in ("calm.gguf", "X.GGUF", "./calm", "a/b", "/abs/path", "dir/x"):
+        assert looks_like_file(file), file
+    for word in ("calm", "fear", "nostalgic", "deja-vu_2", "my concept"):
+        assert not looks_like_file(word), word
+    # a bare word is an emotion even with a file of that name here
+    assert Mix.parse("calm").as_dict() == {"calm": None}
+    assert Mix.parse("./calm:0.1").files == ["./calm"]
+    # a path without .gguf is a file in a string too, as it was in a dict (it was an unknown
+    # emotion in a string)
+    assert Mix.parse("dir/x:0.1").as_dict() == {"dir/x": 0.1}
+    assert Mix.parse("dir/x:0.1").files == ["dir/x"]
+    assert Mix.from_dict({"dir/x": 0.1}) == Mix.parse("dir/x:0.1")
+
+
+def test_mix_from_a_dict():
+    assert Mix.from_dict({"fear": 0.1, "Calm": None}).as_dict() == {"afraid": 0.1, "calm": None}
+    assert Mix.from_dict({"scared": 0.1}) == Mix.parse("scared:0.1") == Mix.parse("afraid:0.1")
+    assert Mix.from_dict({"dir/x.gguf": -0.05}).files == ["dir/x.gguf"]
+    assert Mix.from_dict({}) == Mix() and not Mix() and len(Mix.parse("fear,calm")) == 2
+    assert Mix.from_dict({"nostalgic": 0.1}, allow_custom=True).names == ["nostalgic"]
+    for bad, words in [({"nostalgic": 0.1}, "unknown emotion"),
+                       ({"fear:0.1": None}, "unknown emotion"),     # a key is never name:strength
+                       ({"afraid": 0.1, "fear": 0.2}, "give each emotion once"),
+                       ({"afraid": "0.1"}, "must be a number"),
+                       ({"afraid": True}, "must be a number"),
+                       ({"afraid": float("nan")}, "finite"),
+                       ({"afraid": 2.0}, "beyond"),
+                       ({"afraid": 0.8, "calm": -0.8}, "adds up to 1.6"),
+                       ({"": 0.1}, "an emotion is a name"),
+                       ({"  ": 0.1}, "an emotion is a name"),
+                       ({3: 0.1}, "an emotion is a name")]:
+        with pytest.raises(EdgeemoError, match=re.escape(words)):
+            Mix.from_dict(bad)
+
+
+def test_mix_from_a_path(tmp_path):
+    assert Mix.from_path(tmp_path / "v.gguf", 0.1).as_dict() == {str(tmp_path / "v.gguf"): 0.1}
+    assert Mix.from_path("calm").as_dict() == {"./calm": None}       # stays a file, not calm
+    assert Mix.from_path("calm").files == ["./calm"]
+    assert Mix.from_path("dir,with:odd.gguf").names == ["dir,with:odd.gguf"]
+    with pytest.raises(EdgeemoError, match="beyond"):
+        Mix.from_path("v.gguf", 3)
+    with pytest.raises(EdgeemoError, match="an emotion is a name"):
+        Mix.from_path("")
+
+
+def test_a_default_strength_fills_the_parts_given_without_one():
+    assert Mix.parse("fear,calm:0.03").with_default(0.1).as_dict() == {"afraid": 0.1, "calm": 0.03}
+    assert Mix.parse("fear").with_default(None) == Mix.parse("fear")
+    # checked only where it is used, as --strength always was
+    assert Mix.parse("fear:0.1").with_default(float("nan")) == Mix.parse("fear:0.1")
+    with pytest.raises(EdgeemoError, match="finite"):
+        Mix.parse("fear").with_default(float("nan"))
+    with pytest.raises(EdgeemoError, match="adds up to"):
+        Mix.parse("fear,calm").with_default(0.6)
+
+
+def test_parse_strength():
+    assert parse_strength(" 0.05 ") == 0.05 and parse_strength("-1e-2") == -0.01
+    for text, words in [("abc", "bad strength 'abc': write a number such as 0.08"),
+                        ("", "bad strength ''"), ("nan", "finite"), ("inf", "finite"),
+                        ("1.5", "beyond")]:
+        with pytest.raises(EdgeemoError, match=re.escape(words)):
+            parse_strength(text)
 
 
 # --- user stimuli files ---------------------------------------------------------------------
