@@ -9,9 +9,13 @@ store): no stories, activations or vectors are cached. A stage does what
 ``edgeemo export-vector --all --method M`` does: load, read (and for generation, first write the
 stories with llama.cpp), choose the band, compute the directions and write one GGUF per emotion.
 
+* dialogue (the default and the prebuilt recipe): the model reads the shipped assistant replies
+  that differ only in tone (30 requests × 20 emotions and neutral), against the grand mean.
 * comprehension: the model reads the shipped vignettes (all texts of every emotion, and neutral).
 * generation: the model writes 6 stories per emotion and 12 neutral ones (160 tokens each), then
   reads them back; by far the longest stage (about 8 minutes on a quiet 2-core machine).
+* the first vector: ``edgeemo export-vector --emotion fear`` with no other flag, in a store that
+  holds only the GGUF (so the export is made first); skipped in --quick.
 * export-model: GGUF -> ONNX fp32 (transformers + optimum) in a store with only the GGUF; then
   the int8 quantization of that export. Skipped in --quick.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import benchlib
 
@@ -60,6 +65,14 @@ def make_vectors(model_name: str, method: str, emotion_names: list[str] | None,
         acts = extract.comprehension(reader, texts)
         n_items = sum(len(v) for v in texts.values())
         step("read")
+    elif method == "dialogue":
+        records = stimuli.dialogue(names)
+        if texts_per_label:
+            kept = list(dict.fromkeys(r["request"] for r in records))[:texts_per_label]
+            records = [r for r in records if r["request"] in kept]
+        acts = extract.dialogue(reader, records)
+        n_items = len(records)
+        step("read")
     else:
         runtime = EmotionModel(model, seed=0, threads=threads)
         step("load llama.cpp")
@@ -68,13 +81,29 @@ def make_vectors(model_name: str, method: str, emotion_names: list[str] | None,
         n_items = sum(len(v) for v in acts.by_label.values())
         step("write and read stories")
     out = store.vector_dir(model.sha256)
-    vecs = make.vectors_from(acts)                      # what make_vectors does after reading
+    vecs = make.vectors_from(acts, baseline="grand" if method == "dialogue" else "neutral")
     for name, vec in vecs.items():
         vec.to_gguf(out / f"{name}.gguf")
     step("band, directions and vectors")
     band = next(iter(vecs.values())).metadata["hidden_states"].split("-")
     return {"steps": steps, "vectors": len(vecs), "items": n_items,
             "band": [int(band[0]), int(band[1])]}
+
+
+def first_vector(model_name: str) -> dict:
+    """``edgeemo export-vector --emotion fear`` as a newcomer types it (the CLI, no other flag,
+    so every core is used), in a store that holds only the GGUF: the export, the reading and the
+    file."""
+    import os
+
+    from edgeemo.cli import cli
+    from edgeemo.vectors import ControlVector
+
+    out = Path(os.environ["EDGEEMO_HOME"]) / "fear.gguf"
+    cli.main(["export-vector", "--emotion", "fear", "--model", model_name, "-o", str(out)],
+             standalone_mode=False)
+    meta = ControlVector.from_gguf(out).metadata
+    return {k: meta.get(k) for k in ("method", "baseline", "strength", "layers", "strength_from")}
 
 
 def export_stage(model_name: str, precision: str) -> dict:
@@ -95,7 +124,7 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
     with report.part("prepare the model and its export"):
         paths = benchlib.prepare(settings["model"], ("fp32",))
     if paths:
-        for method in ("comprehension", "generation"):
+        for method in ("dialogue", "comprehension", "generation"):
             with report.part(f"{method}-based vectors, {label}"):
                 home = benchlib.fresh_store(settings["model"], gguf=paths["gguf"],
                                             exports={"fp32": paths["exports"]["fp32"]})
@@ -118,6 +147,23 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
         report.skip("export-model", "skipped in --quick (an export takes about 1.5 minutes); "
                                     "the full run measures it")
         return report.to_dict()
+    with report.part("the first vector on a fresh store"):
+        from edgeemo import models
+
+        home = benchlib.fresh_store(settings["model"], gguf=models.ensure(settings["model"]).path)
+        try:
+            stage = benchlib.isolated(first_vector, settings["model"],
+                                      env={"EDGEEMO_HOME": str(home)}, timeout=settings["timeout"])
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+        made = stage["value"]
+        report.row("export-vector --emotion fear on a fresh store: time", stage["wall"], "s",
+                   aim="≤ 120", note=f"export, reading and file, every core; {made['method']} − "
+                                     f"{made['baseline']} mean, strength {made['strength']:g} "
+                                     f"({made.get('strength_from') or 'default'})")
+        report.row("export-vector --emotion fear on a fresh store: peak memory",
+                   stage["peak_mb"], "MB", headline=True)
+        report.data["first_vector"] = benchlib.rounded(stage)
     with report.part("export-model (fp32, then int8)"):
         from edgeemo import export, models
 
