@@ -247,8 +247,13 @@ def _ci(pair) -> str:
 
 
 def _verify_scenarios(spec: str, used: list[str], pool: str = "scenarios") -> list[dict]:
+    """The prompts a chosen strength is verified on: scenarios other than the ``used`` ones,
+    whatever the calibration ``pool``. The requests left over after calibration are the held-out
+    ones, and a strength chosen by looking at them would not be judged fairly on them after."""
     from .evaluation.calibration import other_scenarios
 
+    used = used if pool == "scenarios" else []
+    pool = "scenarios"
     spec = spec.strip().lower()
     if spec == "all":
         return other_scenarios(used, None, pool=pool)
@@ -273,8 +278,10 @@ def _pct(x) -> str:
 @seed_option
 @click.option("--max-tokens", type=click.IntRange(1, 512), default=48, show_default=True)
 @click.option("--verify", "verify_spec", default="8", show_default=True,
-              help="Other scenarios the chosen strength must stay surgical on (a number, all, "
-                   "or 0 for none); it steps down the window until it does.")
+              help="Other prompts the chosen strength must stay surgical on (a number, all, "
+                   "or 0 for none); it steps down the window until it does. They are drawn from "
+                   "the scenarios (statements, openings, story starts), never from the held-out "
+                   "requests that evaluate judges.")
 @click.option("--judge", type=click.Choice(["readers", "tone", "llm", "both", "lexicon", "probe"]),
               default="readers", show_default=True,
               help="readers: success = moved for the held-out readers, on task and coherent, on "
@@ -296,7 +303,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
     Per emotion, the candidate strengths whose replies to everyday requests are at least 90% on
     task and 95% coherent form the window; the one with the best success (moved for the held-out
     readers, on task, coherent) wins (the smaller on a tie), then must stay in the window on
-    --verify other requests (else the next smaller one is tried). The vector's tensors are then
+    --verify scenarios (else the next smaller one is tried). The vector's tensors are then
     rescaled so stock llama.cpp at scale 1.0 steers at that strength. (--judge both|lexicon|probe:
     the older rule, 80% surgical on scenarios.)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 
 def main() -> int:
+    from edgeemo import store
     from edgeemo.evaluation import calibration
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,7 +46,7 @@ def main() -> int:
     files = sorted(args.vectors.glob("*.gguf"))
     for path in files:
         calibration.apply_calibration(path, choice["strength"], evidence)
-    (args.result.parent / "chosen.json").write_text(json.dumps(choice, indent=2) + "\n")
+    store.write_text(args.result.parent / "chosen.json", json.dumps(choice, indent=2) + "\n")
     print(f"{len(files)} files in {args.vectors} at {choice['strength']:g}")
     return 0
 

@@ -164,6 +164,17 @@ def test_other_scenarios_leave_out_the_used_ones_and_cover_the_kinds():
     assert len(rest) == len(ev.select_scenarios()) - 8
 
 
+def test_calibration_on_requests_is_verified_on_scenarios_never_on_held_out_requests():
+    from edgeemo.cli_evaluate import _verify_scenarios
+
+    used = [s["id"] for s in ev.calibration_prompts("requests")]
+    verify = _verify_scenarios("8", used, "requests")
+    requests = {s["id"] for s in ev.select_scenarios(None, pool="requests")}
+    assert len(verify) == 8 and not {s["id"] for s in verify} & requests
+    on_scenarios = _verify_scenarios("all", ["s01"], "scenarios")
+    assert "s01" not in {s["id"] for s in on_scenarios} and on_scenarios
+
+
 def test_select_scenarios():
     four = ev.select_scenarios(4)
     assert [s["kind"] for s in four] == ["neutral", "opposite", "conversational", "story"]

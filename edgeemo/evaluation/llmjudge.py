@@ -81,6 +81,14 @@ class LLMJudge(ScoredJudge):
             self._loaded[key] = _LabelReader(self.judge_model, threads=threads)
         self.reader = self._loaded[key]
 
+    @classmethod
+    def release(cls) -> None:
+        """Free the judge models this process loaded (they are kept between evaluations, as a
+        1.5B judge takes seconds to load; a long-lived program calls this when it is done)."""
+        for reader in cls._loaded.values():
+            reader.llm.close()
+        cls._loaded.clear()
+
     @property
     def description(self) -> str:
         same = (self.model is not None and self.model.card is not None
