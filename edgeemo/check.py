@@ -12,7 +12,8 @@ What it measures, in seconds and without exporting anything:
   i.e. about 1 per component) is set at that layer alone and only the last prompt token is
   evaluated again (the earlier tokens stay in the cache, unsteered). The change in its logits
   against the zero vector is the layer's effect; an architecture whose llama.cpp graph has no
-  control-vector hook changes nothing, bit for bit;
+  control-vector hook changes nothing, bit for bit (``_llama.layer_effects``; steering itself
+  tests the middle layer once per architecture, ``steer.require_steerable``);
 * ONNX parity, only if an export is already in the store (``check`` never exports): mean cosine
   between llama.cpp's final hidden state and the ONNX ``hidden_states.{n_layer}`` on the same
   tokens;
@@ -29,17 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _cvec, models
-from .errors import EdgeemoError, ModelFileError, NotSteerable
+from . import _llama, export, models
+from .errors import EdgeemoError, ModelFileError
+from .reader import HiddenStateReader
+from .steer import vector_dirs
+from .vectors import ControlVector
 
-PROMPT = "The weather today is"
 PARITY_TEXTS = (
     "The old lighthouse keeper climbed the stairs every evening to light the lamp.",
     "She read the letter twice, folded it, and put it back in the drawer.",
 )
-# A layer counts as steered when the last-token logits move by more than this (absolute, in
-# logits) beyond the run-to-run difference of the unsteered logits (which is 0 on one thread).
-MIN_CHANGE = 1e-4
 # The export's peak (peak resident, whole command), a line through two measured points of the
 # streaming export (benchmarks/SIZES.md): random-weight Llama-3.2 shapes, 1.24B parameters 4.3 GB,
 # 3.21B parameters 5.3 GB. Weights are written one tensor at a time, so memory grows with the
@@ -54,70 +54,13 @@ def export_memory(n_params: int) -> int:
 
 
 def load(model: models.Model, *, threads: int = 1, n_ctx: int = 64, embedding: bool = False):
-    """A quiet ``llama_cpp.Llama`` for checks; ModelFileError if llama.cpp cannot load it."""
-    import llama_cpp
-
-    kwargs = {"pooling_type": llama_cpp.LLAMA_POOLING_TYPE_NONE} if embedding else {}
+    """A quiet llama.cpp model for checks (``_llama.load_quiet``); ModelFileError if llama.cpp
+    cannot load it."""
     try:
-        return llama_cpp.Llama(model_path=str(model.path), n_ctx=n_ctx, n_threads=threads,
-                               embedding=embedding, verbose=False, **kwargs)
+        return _llama.load_quiet(model.path, threads=threads, n_ctx=n_ctx, embedding=embedding)
     except ValueError as exc:
         raise ModelFileError(f"llama.cpp cannot load {model.path.name} ({exc}); it may use an "
                              f"architecture this llama.cpp does not know") from None
-
-
-# --- does llama.cpp apply a control vector? --------------------------------------------------
-
-def layer_effects(llm, *, prompt: str = PROMPT, seed: int = 0,
-                  layers: list[int] | None = None) -> dict[int, float]:
-    """For each llama.cpp layer N, the largest change in the last prompt token's logits when a
-    random vector is set at N alone, minus the unsteered run-to-run difference (see module doc).
-
-    Leaves the vector cleared and llama.cpp's cache reset.
-    """
-    _, n_embd, n_layer = _cvec.model_shape(llm)
-    layers = list(range(1, n_layer)) if layers is None else layers
-    ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
-    rng = np.random.default_rng(seed)
-    _cvec.apply(llm, None)                     # clears and resets
-    llm.eval(ids[:-1])                         # the prefix, unsteered, evaluated once
-
-    def last_logits(buffer):
-        _cvec.apply(llm, buffer, reset=False)
-        llm.n_tokens = len(ids) - 1
-        llm.eval(ids[-1:])
-        return _cvec.last_logits(llm)
-
-    base = last_logits(None)
-    noise = float(np.abs(last_logits(None) - base).max())
-    effects = {}
-    for n in layers:
-        buffer = np.zeros((n_layer - 1) * n_embd, dtype=np.float32)
-        buffer[(n - 1) * n_embd: n * n_embd] = rng.standard_normal(n_embd)   # norm ~ sqrt(n_embd)
-        effects[n] = max(0.0, float(np.abs(last_logits(buffer) - base).max()) - noise)
-    _cvec.apply(llm, None)
-    return effects
-
-
-_STEERABLE: dict[str, bool] = {}     # architecture -> llama.cpp applies vectors (once a process)
-
-
-def require_steerable(llm, name: str = "") -> None:
-    """Raise NotSteerable if llama.cpp ignores control vectors for this model's architecture.
-
-    Tested once per architecture and process, with a random vector at the middle layer (see
-    :func:`layer_effects`); resets llama.cpp's cache.
-    """
-    arch, n_embd, n_layer = _cvec.model_shape(llm)
-    if arch not in _STEERABLE:
-        effect = max(layer_effects(llm, layers=[max(1, n_layer // 2)]).values())
-        _STEERABLE[arch] = effect > MIN_CHANGE
-    if not _STEERABLE[arch]:
-        raise NotSteerable(
-            f"llama.cpp ignores control vectors for the '{arch}' architecture"
-            f"{f' ({name})' if name else ''}: a test vector left the output unchanged, so "
-            f"steering would do nothing; use a model of another architecture "
-            f"(`edgeemo check MODEL` tells)")
 
 
 # --- ONNX parity, from a cached export only ----------------------------------------------------
@@ -138,20 +81,18 @@ def parity_by_position(model: models.Model, export_dir: Path, *, threads: int = 
     it matches transformers on torch at every position to 1e-7. Probably llama.cpp's 8-bit
     activations, quantized in blocks of 256 values for Q4_K weights, lose the small values of a
     sink token's outsized ones."""
-    from .reader import HiddenStateReader
-
     llm = load(model, threads=threads, n_ctx=256, embedding=True)
     reader = HiddenStateReader(export_dir, threads=threads)
     cosines = []
     for text in texts:
         ids = reader.tokenize(text)
-        if ids != llm.tokenize(text.encode(), add_bos=True, special=False):
+        if ids != _llama.tokenize(llm, text, bos=True):
             raise EdgeemoError(f"the export of {model.name} tokenizes differently from llama.cpp")
         ours = next(reader.read([ids], [reader.n_layer]))[0]                  # (T, d)
-        theirs = np.array(llm.embed(text, normalize=False), dtype=np.float32)  # (T, d)
+        theirs = _llama.hidden_states(llm, text)                              # (T, d)
         cosines.append((ours * theirs).sum(1) / (np.linalg.norm(ours, axis=1)
                                                   * np.linalg.norm(theirs, axis=1) + 1e-12))
-    llm.close()
+    _llama.close(llm)
     return {"all": float(np.mean(np.concatenate(cosines))),
             "first": float(np.mean([c[0] for c in cosines])),
             "after_first": float(np.mean(np.concatenate([c[1:] for c in cosines])))}
@@ -161,9 +102,6 @@ def parity_by_position(model: models.Model, export_dir: Path, *, threads: int = 
 
 def vector_bands(model: models.Model, arch: str, n_embd: int, n_layer: int) -> list[dict]:
     """Per directory of vectors for this model (store, prebuilt): count, layers, methods, fit."""
-    from .steer import vector_dirs
-    from .vectors import ControlVector
-
     found = []
     for directory in vector_dirs(model):
         files = sorted(directory.glob("*.gguf")) if directory.is_dir() else []
@@ -196,20 +134,14 @@ def vector_bands(model: models.Model, arch: str, n_embd: int, n_layer: int) -> l
 def exportable_architectures() -> list[str] | None:
     """The architectures transformers can load from GGUF; None without the export extra."""
     try:
-        from .export import supported_architectures
-
-        return supported_architectures()
+        return export.supported_architectures()
     except ImportError:
         return None
 
 
-def check(model: models.Model, *, threads: int = 1, prompt: str = PROMPT, seed: int = 0,
-          parity_check: bool = True) -> dict:
+def check(model: models.Model, *, threads: int = 1, prompt: str = _llama.PROBE_PROMPT,
+          seed: int = 0, parity_check: bool = True) -> dict:
     """Everything ``edgeemo check`` reports, as one dict (see the module docstring)."""
-    import llama_cpp
-
-    from . import export
-
     started = time.perf_counter()
     # importing transformers takes seconds: do it while llama.cpp works (which releases the GIL)
     pool = ThreadPoolExecutor(max_workers=1)
@@ -217,16 +149,16 @@ def check(model: models.Model, *, threads: int = 1, prompt: str = PROMPT, seed: 
     pool.shutdown(wait=False)
     report: dict = {"model": model.name, "path": str(model.path)}
     llm = load(model, threads=threads)
-    arch, n_embd, n_layer = _cvec.model_shape(llm)
-    n_params = int(llama_cpp.llama_model_n_params(llm._model.model))
+    arch, n_embd, n_layer = _llama.model_shape(llm)
+    n_params = _llama.n_params(llm)
     report.update(architecture=arch, n_layer=n_layer, n_embd=n_embd, n_params=n_params,
                   file_bytes=model.path.stat().st_size)
 
     tested = time.perf_counter()
-    effects = layer_effects(llm, prompt=prompt, seed=seed)
-    llm.close()
+    effects = _llama.layer_effects(llm, prompt=prompt, seed=seed)
+    _llama.close(llm)
     tested = time.perf_counter() - tested
-    applied = [n for n, e in effects.items() if e > MIN_CHANGE]
+    applied = [n for n, e in effects.items() if e > _llama.MIN_CHANGE]
     report["control_vector"] = {
         "prompt": prompt,
         "layers_tested": [1, n_layer - 1],

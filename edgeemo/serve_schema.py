@@ -20,6 +20,8 @@ from typing import Annotated, Any
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from . import _llama
+
 # --- errors ------------------------------------------------------------------------------------
 
 
@@ -155,7 +157,7 @@ class Sampling:
     presence_penalty: float = 0.0       # -2 to 2, once a token appeared
     logit_bias: dict[int, float] = field(default_factory=dict)    # token id -> -100 to 100
     top_logprobs: int | None = None     # None: no logprobs; else this many alternatives
-    grammar: Any = None                 # a llama_cpp.LlamaGrammar the reply must follow
+    grammar: Any = None                 # a llama.cpp grammar the reply must follow
     steer_prompt: bool = False
     stop: list[str] = field(default_factory=list)
 
@@ -230,10 +232,8 @@ def grammar(body: GenerationRequest):
     kind = (fmt or {}).get("type", "text")
     if kind == "text":
         return None
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-
     if kind == "json_object":
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        return _llama.json_grammar()
     if kind != "json_schema":
         raise APIError(400, f"response_format: type {kind!r} is not one of text, json_object, "
                             f"json_schema", param="response_format")
@@ -243,7 +243,7 @@ def grammar(body: GenerationRequest):
                             "{'type': 'json_schema', 'json_schema': {'name': ..., 'schema': "
                             "{...}}}", param="response_format")
     try:
-        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        return _llama.json_schema_grammar(json.dumps(schema))
     except Exception as exc:                        # noqa: BLE001  (the converter's own errors)
         raise APIError(400, f"response_format: this JSON schema cannot be turned into a "
                             f"grammar: {exc}", param="response_format") from None

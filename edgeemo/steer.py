@@ -8,7 +8,7 @@
     m.clear()                                  # back to the unsteered model, exactly
 
 Switching emotion or strength never reloads the model: it rewrites llama.cpp's control-vector
-buffer (one ctypes call, in ``_cvec.py``) and drops the cached prompt state.
+buffer (one call into llama.cpp, in ``_llama.py``) and drops the cached prompt state.
 
 Only the reply is steered, by default: the prompt (the whole conversation so far) is evaluated
 with the vector off, then the vector is set and the reply is generated. Steering the prompt too,
@@ -24,8 +24,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import _cvec, check, emotions, models, store
-from .errors import EdgeemoError, VectorFormatError
+from . import _llama, emotions, models, store
+from .errors import EdgeemoError, NotSteerable, VectorFormatError
 from .mix import Mix, check_total, looks_like_file
 from .vectors import ControlVector, mix_buffer, scale_for
 
@@ -34,17 +34,14 @@ class EmotionModel:
     def __init__(self, model: str | Path | models.Model | None = None, *, n_ctx: int = 2048,
                  seed: int = 0, threads: int | None = None, steer_prompt: bool = False,
                  verbose: bool = False):
-        import llama_cpp
-
         self.model = model if isinstance(model, models.Model) else models.ensure(
             None if model is None else str(model))
         try:
-            self.llm = llama_cpp.Llama(model_path=str(self.model.path), n_ctx=n_ctx, seed=seed,
-                                       n_threads=threads or os.cpu_count(),
-                                       n_threads_batch=threads or os.cpu_count(), verbose=verbose)
+            self.llm = _llama.load(self.model.path, n_ctx=n_ctx, seed=seed, threads=threads,
+                                   verbose=verbose)
         except ValueError as exc:           # llama-cpp-python's "Failed to load model from file"
             raise models.load_failed(self.model, exc) from None
-        self.arch, self.n_embd, self.n_layer = _cvec.model_shape(self.llm)
+        self.arch, self.n_embd, self.n_layer = _llama.model_shape(self.llm)
         self.vectors: dict[str, ControlVector] = {}     # loaded vectors, by emotion name
         self.mix: dict[str, float] = {}                  # what is applied now: emotion -> strength
         self.layers: tuple[int, int] | None = None
@@ -56,14 +53,30 @@ class EmotionModel:
         self._steered_from: int | None = None
         self._steered_by = None
         self.reused_tokens = 0                           # prompt tokens the last call found cached
-        self._eog = getattr(llama_cpp, "llama_vocab_is_eog", None) or llama_cpp.llama_token_is_eog
-        self._vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
+        self.is_eog = _llama.eog_test(self.llm)          # does a token end the reply?
 
     def close(self) -> None:
         """Free llama.cpp's model and context now (also safe to call twice)."""
-        close = getattr(self.llm, "close", None)
-        if close is not None:
-            close()
+        _llama.close(self.llm)
+
+    @property
+    def n_ctx(self) -> int:
+        """Tokens the context holds: the prompt and the reply together."""
+        return _llama.n_ctx(self.llm)
+
+    @property
+    def n_vocab(self) -> int:
+        return _llama.n_vocab(self.llm)
+
+    @property
+    def threads(self) -> int:
+        """The threads llama.cpp computes with."""
+        return _llama.n_threads(self.llm)
+
+    def reset(self) -> None:
+        """Forget the cached prompt: the next reply evaluates its whole prompt again."""
+        _llama.reset(self.llm)
+        self._cache, self._steered_from = None, None
 
     # --- prompts ---------------------------------------------------------------------------
 
@@ -75,10 +88,23 @@ class EmotionModel:
         """Token ids of plain text to continue (no chat template), after the BOS token."""
         if not isinstance(text, str) or not text.strip():
             raise EdgeemoError("the prompt is empty: give some text to continue")
-        return self.llm.tokenize(_utf8(text), add_bos=True, special=False)
+        return self.tokenize(text, add_bos=True)
+
+    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
+        """Token ids of ``text`` as text (special-token strings are not read as tokens)."""
+        return _llama.tokenize(self.llm, text, bos=add_bos)
+
+    def detokenize(self, ids: list[int], *, errors: str = "ignore") -> str:
+        """The text of ``ids``; by default a character cut off at the end is left out."""
+        return _llama.detokenize(self.llm, ids).decode("utf-8", errors=errors)
 
     def token_text(self, token: int) -> str:
-        return token_text(self.llm, token)
+        """One token's text, special tokens spelled out (``<|im_end|>``)."""
+        return _llama.token_text(self.llm, token)
+
+    def token_bytes(self, token: int) -> bytes:
+        """One token's bytes, special tokens spelled out (a piece of a UTF-8 character, maybe)."""
+        return _llama.detokenize(self.llm, [token], special=True)
 
     # --- generation ------------------------------------------------------------------------
 
@@ -92,9 +118,9 @@ class EmotionModel:
 
         ``steer_prompt`` (default: the model's setting) steers the prompt's tokens as well as the
         reply's; otherwise the prompt is evaluated unsteered (see :meth:`_prepare`). The sampling
-        options are llama.cpp's (``Llama.generate``); ``grammar`` is a ``llama_cpp.LlamaGrammar``
-        the reply must follow, and ``logits_processor`` sees (and may change) each token's logits
-        before sampling.
+        options are llama.cpp's (``Llama.generate``); ``grammar`` (``_llama.json_grammar`` or
+        ``json_schema_grammar``) is one the reply must follow, and ``logits_processor`` sees (and
+        may change) each token's logits before sampling.
         """
         if not prompt_ids:
             raise EdgeemoError("the prompt is empty: give some text to respond to")
@@ -107,7 +133,7 @@ class EmotionModel:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
                                  or not 0 <= seed < 2**32):
             raise EdgeemoError(f"seed must be a whole number from 0 to {2**32 - 1}, not {seed!r}")
-        n_ctx = self.llm.n_ctx()
+        n_ctx = self.n_ctx
         if len(prompt_ids) + max_tokens > n_ctx:
             raise EdgeemoError(f"context overflow: the prompt is {len(prompt_ids)} tokens and "
                                f"{max_tokens} more were asked for, but the context holds {n_ctx}; "
@@ -123,7 +149,7 @@ class EmotionModel:
                                        frequency_penalty=frequency_penalty,
                                        presence_penalty=presence_penalty, grammar=grammar,
                                        logits_processor=logits_processor, reset=True):
-            if self._eog(self._vocab, token):
+            if self.is_eog(token):
                 break
             yield token
             produced += 1
@@ -141,7 +167,7 @@ class EmotionModel:
         """
         mode = "prompt" if steer_prompt or self._buffer is None else "reply"
         if self._cache not in (None, mode):
-            self.llm.reset()                  # cached with the other mode: evaluate again
+            _llama.reset(self.llm)            # cached with the other mode: evaluate again
             self._steered_from = None
         # unsteered, every cached position is read with the vector off: good for either mode
         self._cache = mode if self._buffer is not None else None
@@ -150,13 +176,11 @@ class EmotionModel:
             if self._buffer is not None:
                 self._steered_from, self._steered_by = 0, (self.mix, self.layers)
             return
-        _cvec.apply(self.llm, None, reset=False)
+        _llama.set_control_vector(self.llm, None, reset=False)
         head = prompt_ids[:-1]
-        same = self.cached_prefix(prompt_ids)
-        self.llm.n_tokens = self.reused_tokens = same
-        if head[same:]:
-            self.llm.eval(head[same:])
-        _cvec.apply(self.llm, self._buffer, reset=False)
+        same = self.reused_tokens = self.cached_prefix(prompt_ids)
+        _llama.evaluate(self.llm, head, cached=same)
+        _llama.set_control_vector(self.llm, self._buffer, reset=False)
         # the last prompt token and the reply are steered, and an earlier reply reused, if any
         earlier = self._steered_from if self._steered_from is not None else len(head)
         self._steered_from = earlier if earlier < same else len(head)
@@ -166,7 +190,7 @@ class EmotionModel:
         """How many leading tokens of ``prompt_ids`` the cache holds (at most all but the last,
         which is always evaluated again)."""
         same = 0
-        for a, b in zip(self.llm.input_ids[:self.llm.n_tokens].tolist(), prompt_ids[:-1]):
+        for a, b in zip(_llama.cached_ids(self.llm), prompt_ids[:-1]):
             if a != b:
                 break
             same += 1
@@ -180,8 +204,7 @@ class EmotionModel:
         ``steering`` is theirs."""
         if self._steered_from is None or steering == self._steered_by:
             return
-        self.llm.n_tokens = min(self.llm.n_tokens, self._steered_from)
-        self.llm._requires_eval = True        # (llama-cpp-python >= 0.3.20) no stale logits
+        _llama.keep_cached(self.llm, self._steered_from)
         self._steered_from, self._cache = None, None
 
     def stream(self, prompt: str | list[dict], **options) -> Iterator[str]:
@@ -193,7 +216,7 @@ class EmotionModel:
         shown = ""
         for token in self.stream_ids(self.prompt_ids(messages), **options):
             ids.append(token)
-            text = self.llm.detokenize(ids).decode("utf-8", errors="ignore")
+            text = self.detokenize(ids)
             if len(text) > len(shown):
                 yield text[len(shown):]
                 shown = text
@@ -256,16 +279,16 @@ class EmotionModel:
             scale, applied[name] = scale_for(vec, strength)
             parts.append((restrict(vec, layers), scale))
         check_total(applied.values())        # with each vector's own strength filled in
-        check.require_steerable(self.llm, self.model.name)   # once per architecture
+        require_steerable(self.llm, self.model.name)   # once per architecture
         self._buffer = mix_buffer(parts, self.n_layer)
-        _cvec.apply(self.llm, self._buffer, reset=not keep_cache)
+        _llama.set_control_vector(self.llm, self._buffer, reset=not keep_cache)
         self.mix, self.layers = applied, layers
         self._forget_or_keep(keep_cache)
         return applied
 
     def clear(self, *, keep_cache: bool = False) -> dict[str, float]:
         """Steer no more; ``keep_cache`` as in :meth:`steer`."""
-        _cvec.apply(self.llm, None, reset=not keep_cache)
+        _llama.set_control_vector(self.llm, None, reset=not keep_cache)
         self.mix, self.layers, self._buffer = {}, None, None
         self._forget_or_keep(keep_cache)
         return {}
@@ -273,50 +296,25 @@ class EmotionModel:
     def _forget_or_keep(self, keep_cache: bool) -> None:
         if keep_cache:
             self._keep_unsteered((self.mix, self.layers) if self._buffer is not None else None)
-        else:                                 # _cvec.apply reset the model: nothing is cached
+        else:                                 # the vector was set with a reset: nothing is cached
             self._cache, self._steered_from = None, None
 
 
-def token_text(llm, token: int) -> str:
-    return llm.detokenize([token], special=True).decode("utf-8", errors="replace")
-
-
 def prompt_ids(llm, messages: list[dict]) -> list[int]:
-    """Token ids of a conversation, ready for the assistant's turn, for a ``llama_cpp.Llama``
-    (a vocabulary-only one will do).
+    """Token ids of a conversation, ready for the assistant's turn, for a model loaded by
+    ``_llama`` (a vocabulary-only one will do).
 
     Instruct models use their own chat template; base models (no template) get a plain
     continuation: the text of a single message, or a User/Assistant transcript.
     """
     check_messages(messages)
-    template = llm.metadata.get("tokenizer.chat_template")
-    if template:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        formatter = Jinja2ChatFormatter(template, eos_token=token_text(llm, llm.token_eos()),
-                                        bos_token=token_text(llm, llm.token_bos()))
-        # What people wrote is tokenized as text, never as the template's special tokens: each
-        # content goes through the template as a placeholder and is tokenized on its own.
-        marks = [f"\x00{i}\x00" for i in range(len(messages))]
-        text = formatter(messages=[{**m, "content": mark} for m, mark in zip(messages, marks)]).prompt
-        ids: list[int] = []
-        for i, mark in enumerate(marks):
-            head, found, text = text.partition(mark)
-            ids += llm.tokenize(_utf8(head), add_bos=False, special=True) if head else []
-            if found:
-                ids += llm.tokenize(_utf8(messages[i]["content"]), add_bos=False, special=False)
-        return ids + (llm.tokenize(_utf8(text), add_bos=False, special=True) if text else [])
+    if _llama.chat_template(llm):
+        return _llama.template_ids(llm, messages)
     if len(messages) == 1:
         text = messages[0]["content"]
     else:
         text = transcript(messages)
-    return llm.tokenize(_utf8(text), add_bos=True, special=False)
-
-
-def _utf8(text: str) -> bytes:
-    """UTF-8 bytes of ``text``; characters that cannot be encoded (stray surrogates from invalid
-    bytes on the command line) become U+FFFD instead of an error."""
-    return text.encode("utf-8", errors="replace")
+    return _llama.tokenize(llm, text, bos=True)
 
 
 ROLES = ("system", "user", "assistant")
@@ -349,6 +347,27 @@ def restrict(vec: ControlVector, layers: tuple[int, int] | None) -> ControlVecto
         raise EdgeemoError(f"layers {a}-{b} hold none of this vector's layers "
                            f"({min(vec.directions)}-{max(vec.directions)})")
     return ControlVector(vec.model_hint, vec.n_embd, kept, dict(vec.metadata))
+
+
+_STEERABLE: dict[str, bool] = {}     # architecture -> llama.cpp applies vectors (once a process)
+
+
+def require_steerable(llm, name: str = "") -> None:
+    """Raise NotSteerable if llama.cpp ignores control vectors for this model's architecture.
+
+    Tested once per architecture and process, with a random vector at the middle layer (see
+    ``_llama.layer_effects``; ``edgeemo check`` tests every layer); resets llama.cpp's cache.
+    """
+    arch, n_embd, n_layer = _llama.model_shape(llm)
+    if arch not in _STEERABLE:
+        effect = max(_llama.layer_effects(llm, layers=[max(1, n_layer // 2)]).values())
+        _STEERABLE[arch] = effect > _llama.MIN_CHANGE
+    if not _STEERABLE[arch]:
+        raise NotSteerable(
+            f"llama.cpp ignores control vectors for the '{arch}' architecture"
+            f"{f' ({name})' if name else ''}: a test vector left the output unchanged, so "
+            f"steering would do nothing; use a model of another architecture "
+            f"(`edgeemo check MODEL` tells)")
 
 
 def vector_dirs(model: models.Model) -> list[Path]:

@@ -42,8 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import store
+from . import _llama, models, store
 from .errors import EdgeemoError
+from .ggufcheck import check_header
 
 BPE, SPM = "bpe", "spm"          # tokenizer families (SmolLM2's BPE, Gemma 3's SentencePiece)
 SOURCES = {BPE: "smollm2-135m-instruct", SPM: "gemma3-270m"}
@@ -148,8 +149,6 @@ def make(name: str, size: str = "tiny", out_dir: Path | str = ".", *, seed: int 
 
 
 def _store_model(name: str) -> Path:
-    from . import models
-
     return models.ensure(name).path
 
 
@@ -285,12 +284,7 @@ def write_gguf(path: Path, name: str, spec: Shape, source: Path, *, seed: int, d
 
 def quantize(src: Path, dst: Path, ftype: int, threads: int = 1) -> None:
     """llama.cpp's quantizer (the same code as its llama-quantize tool)."""
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(ftype)
-    params.nthread = threads
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    rc = _llama.quantize(src, dst, ftype, threads)
     if rc != 0:
         raise EdgeemoError(f"llama.cpp could not quantize {src.name} (return code {rc})")
 
@@ -308,8 +302,6 @@ def _source_tokenizer(source: Path) -> dict:
     vocabulary, this a fraction of a second. The file is checked first (``ggufcheck``).
     """
     import struct
-
-    from .ggufcheck import check_header
 
     check_header(source, what="model")
 

@@ -24,7 +24,8 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeemo import _cvec, check, export, extract, make, models, stimuli, testmodels, vectors
+from edgeemo import (_llama, check, export, extract, make, models, steer, stimuli, testmodels,
+                     vectors)
 from edgeemo.errors import NotSteerable
 
 pytestmark = pytest.mark.slow
@@ -118,7 +119,7 @@ def test_direction_n_acts_on_hidden_state_n_plus_1(name, tiny):
 
     model, reader = tiny[name]["model"], HiddenStateReader(tiny[name]["fp32"], threads=1)
     llm = llama(model, embedding=True)
-    _, n_embd, n_layer = _cvec.model_shape(llm)
+    _, n_embd, n_layer = _llama.model_shape(llm)
     x, y = [600], [700]                             # ordinary tokens in both vocabularies
     every = list(range(n_layer + 1))
     hx = next(reader.read([x], every))[:, -1]       # (n_layer+1, d)
@@ -127,12 +128,12 @@ def test_direction_n_acts_on_hidden_state_n_plus_1(name, tiny):
         def substituted(k):
             buffer = np.zeros((n_layer - 1) * n_embd, dtype=np.float32)
             buffer[(layer - 1) * n_embd: layer * n_embd] = hy[k] - hx[k]
-            _cvec.apply(llm, buffer)
+            _llama.set_control_vector(llm, buffer)
             return cosine(final_state(llm, x), hy[n_layer])
 
         rule = vectors.hidden_state_index(layer)
         match = {k: substituted(k) for k in (rule - 1, rule, rule + 1)}
-        _cvec.apply(llm, None)
+        _llama.set_control_vector(llm, None)
         print(f"{name} direction.{layer}: {match}")
         assert match[rule] >= 0.99
         miss = {k: 1 - c for k, c in match.items()}
@@ -164,13 +165,13 @@ def test_comprehension_vector_is_accepted_and_changes_the_output(name, tiny, tin
     assert vec.model_hint == GGUF_ARCH.get(name, name)
     assert set(vec.layers) <= {1, 2} and vec.metadata["method"] == "comprehension"
     llm = llama(tiny[name]["model"])
-    arch, n_embd, n_layer = _cvec.model_shape(llm)
+    arch, n_embd, n_layer = _llama.model_shape(llm)
     vec.check_compatible(arch, n_embd, n_layer)
     ids = llm.tokenize(b"The weather today is", add_bos=True)
     before = last_logits(llm, ids)
-    _cvec.apply(llm, vec.buffer(n_layer))           # llama.cpp refuses a bad buffer (RuntimeError)
+    _llama.set_control_vector(llm, vec.buffer(n_layer))   # llama.cpp refuses a bad one (RuntimeError)
     after = last_logits(llm, ids)
-    _cvec.apply(llm, None)
+    _llama.set_control_vector(llm, None)
     assert np.abs(after - before).max() > 1e-3
     np.testing.assert_array_equal(last_logits(llm, ids), before)     # cleared: exactly unsteered
 
@@ -240,16 +241,17 @@ def test_check_command_json(tiny):
 def test_an_ignored_vector_is_a_one_line_error(tiny, monkeypatch):
     """An architecture whose llama.cpp graph has no control-vector hook (mamba, rwkv, bert, ...)
     leaves the logits unchanged; simulated here by a set call that sets nothing."""
-    real = _cvec.apply
-    monkeypatch.setattr(_cvec, "apply", lambda llm, buffer, **kw: real(llm, None, **kw))
-    monkeypatch.setattr(check, "_STEERABLE", {})
+    real = _llama.set_control_vector
+    monkeypatch.setattr(_llama, "set_control_vector",
+                        lambda llm, buffer, **kw: real(llm, None, **kw))
+    monkeypatch.setattr(steer, "_STEERABLE", {})
     model = tiny["gemma3"]["model"]
     report = check.check(model, parity_check=False)
     assert report["control_vector"]["steerable"] is False
     assert report["control_vector"]["applied_layers"] == []
     assert "IGNORED" in "\n".join(check.summary(report))
     with pytest.raises(NotSteerable) as err:
-        check.require_steerable(llama(model), model.name)
+        steer.require_steerable(llama(model), model.name)
     assert "'gemma3'" in str(err.value) and "\n" not in str(err.value)
 
 

@@ -48,16 +48,16 @@ def test_reply_only_equals_a_fresh_model(runtime, default_gguf):
 
 def test_the_prompt_is_evaluated_unsteered(runtime, monkeypatch):
     """Reply-only: the vector is off while the prompt (but its last token) is evaluated."""
-    from edgeemo import _cvec
+    from edgeemo import _llama
 
     runtime.steer({"calm": 0.1})
     states = []
     real_eval = runtime.llm.eval
     monkeypatch.setattr(runtime.llm, "eval", lambda tokens: (
-        states.append((len(tokens), runtime._cvec_on)), real_eval(tokens)))
-    real_apply = _cvec.apply
-    monkeypatch.setattr(_cvec, "apply", lambda llm, buf, **kw: (
-        setattr(runtime, "_cvec_on", buf is not None), real_apply(llm, buf, **kw)))
+        states.append((len(tokens), runtime._vector_on)), real_eval(tokens)))
+    real_apply = _llama.set_control_vector
+    monkeypatch.setattr(_llama, "set_control_vector", lambda llm, buf, **kw: (
+        setattr(runtime, "_vector_on", buf is not None), real_apply(llm, buf, **kw)))
     runtime.llm.reset()
     runtime._cache = None
     runtime.generate(REQUEST, max_tokens=3, temperature=0, seed=0)

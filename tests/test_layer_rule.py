@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeemo import _cvec, vectors
+from edgeemo import _llama, vectors
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def test_direction_n_acts_on_hidden_state_n_plus_1(layer, default_gguf, default_
 
     llm = llama_cpp.Llama(model_path=str(default_gguf), embedding=True, n_ctx=64, verbose=False,
                           pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE)
-    _, n_embd, n_layer = _cvec.model_shape(llm)
+    _, n_embd, n_layer = _llama.model_shape(llm)
     a = llm.tokenize(b"The", add_bos=True)
     x, y = llm.tokenize(b" apple", add_bos=False), llm.tokenize(b" storm", add_bos=False)
     assert len(x) == len(y) == 1
@@ -41,12 +41,12 @@ def test_direction_n_acts_on_hidden_state_n_plus_1(layer, default_gguf, default_
         """llama.cpp's final state at x's position with h_k(y) − h_k(x) added at layer N."""
         buffer = np.zeros((n_layer - 1) * n_embd, dtype=np.float32)
         buffer[(layer - 1) * n_embd: layer * n_embd] = hy[k] - hx[k]
-        _cvec.apply(llm, buffer)
+        _llama.set_control_vector(llm, buffer)
         return np.array(llm.embed(text_x, normalize=False))[-1]
 
     rule = vectors.hidden_state_index(layer)
     match = {k: cosine(final_state_with(k), hy[n_layer]) for k in (rule - 1, rule, rule + 1)}
-    _cvec.apply(llm, None)
+    _llama.set_control_vector(llm, None)
     print(f"direction.{layer}: cosine to the substituted final state by hidden state k: {match}")
     assert rule == layer + 1
     assert match[rule] >= 0.99

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeemo import models, store
+from edgeemo import _llama, models, store
 from edgeemo.cli import cli
 from edgeemo.errors import ChecksumMismatch, ModelFileError, UnknownModel
 
@@ -177,8 +177,8 @@ def test_pip_does_not_start_when_edgeemo_died_before_its_death_signal_was_armed(
     any more (here: a pid that is not ours) stops it before exec, so it writes nothing."""
     marker = tmp_path / "ran"
     code = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
-    alive = subprocess.run(code, preexec_fn=partial(models.die_with_parent, os.getpid()))
+    alive = subprocess.run(code, preexec_fn=partial(_llama.die_with_parent, os.getpid()))
     assert alive.returncode == 0 and marker.exists()
     marker.unlink()
-    orphan = subprocess.run(code, preexec_fn=partial(models.die_with_parent, os.getpid() + 1))
+    orphan = subprocess.run(code, preexec_fn=partial(_llama.die_with_parent, os.getpid() + 1))
     assert orphan.returncode != 0 and not marker.exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeemo import _cvec, models, stimuli
+from edgeemo import _llama, models, stimuli
 from edgeemo.cli import cli
 from edgeemo.errors import EdgeemoError, VectorFormatError
 from edgeemo.steer import EmotionModel
@@ -48,9 +48,9 @@ def test_steering_changes_the_text_and_clearing_restores_it(runtime):
 
 def test_a_mix_is_the_sum_of_its_parts_in_the_buffer(runtime, monkeypatch):
     received = []
-    real_apply = _cvec.apply
-    monkeypatch.setattr(_cvec, "apply", lambda llm, buf, **kw: (received.append(buf),
-                                                                 real_apply(llm, buf, **kw)))
+    real_apply = _llama.set_control_vector
+    monkeypatch.setattr(_llama, "set_control_vector", lambda llm, buf, **kw: (
+        received.append(buf), real_apply(llm, buf, **kw)))
     runtime.steer({"afraid": 0.06, "calm": -0.03, "happy": 0.02})
     afraid, calm, happy = (runtime.vector(n) for n in ("afraid", "calm", "happy"))
     expected = (afraid.buffer(runtime.n_layer, 0.06 / afraid.metadata["strength"])
@@ -69,9 +69,9 @@ def test_every_form_of_a_mix_sets_the_same_buffer(runtime, monkeypatch, tmp_path
     from edgeemo.steer import find_vector
 
     received = []
-    real_apply = _cvec.apply
-    monkeypatch.setattr(_cvec, "apply", lambda llm, buf, **kw: (received.append(buf),
-                                                                 real_apply(llm, buf, **kw)))
+    real_apply = _llama.set_control_vector
+    monkeypatch.setattr(_llama, "set_control_vector", lambda llm, buf, **kw: (
+        received.append(buf), real_apply(llm, buf, **kw)))
 
     def buffer(mix):
         applied = runtime.steer(mix)
@@ -107,8 +107,8 @@ def test_every_form_of_a_mix_sets_the_same_buffer(runtime, monkeypatch, tmp_path
 
 def test_only_the_vectors_layers_are_steered_and_that_changes_nothing(runtime, monkeypatch):
     ranges = []
-    real_function = _cvec._function()
-    monkeypatch.setattr(_cvec, "_function", lambda: lambda ctx, data, length, n_embd, a, b: (
+    real_function = _llama._cvec_function()
+    monkeypatch.setattr(_llama, "_cvec_function", lambda: lambda ctx, data, length, n_embd, a, b: (
         ranges.append((a, b)), real_function(ctx, data, length, n_embd, a, b))[1])
     runtime.steer({"afraid": 0.1})
     vec = runtime.vector("afraid")
@@ -116,7 +116,7 @@ def test_only_the_vectors_layers_are_steered_and_that_changes_nothing(runtime, m
     restricted = runtime.generate(PROMPT, **GREEDY)
     # the same buffer added at every layer (zeros outside the vector's): the same text
     buf = vec.buffer(runtime.n_layer, 0.1 / vec.metadata["strength"])
-    _cvec.apply(runtime.llm, buf, il_start=1, il_end=runtime.n_layer - 1)
+    _llama.set_control_vector(runtime.llm, buf, il_start=1, il_end=runtime.n_layer - 1)
     assert ranges[-1] == (1, runtime.n_layer - 1)
     assert runtime.generate(PROMPT, **GREEDY) == restricted
     runtime.clear()

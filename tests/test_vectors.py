@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 import pytest
 
-from edgeemo import _cvec
+from edgeemo import _llama
 from edgeemo.errors import VectorFormatError
 from edgeemo.vectors import (
     ControlVector,
@@ -504,7 +504,7 @@ def llm(default_gguf):
     model = llama_cpp.Llama(model_path=str(default_gguf), n_ctx=256, seed=0, verbose=False,
                             logits_all=False)
     yield model
-    _cvec.apply(model, None)
+    _llama.set_control_vector(model, None)
     model.close()
 
 
@@ -527,65 +527,65 @@ def random_vector(arch, n_embd, layers, norm=40.0, seed=0) -> ControlVector:
 
 @pytest.mark.slow
 def test_model_shape(llm):
-    assert _cvec.model_shape(llm) == ("llama", 576, 30)
+    assert _llama.model_shape(llm) == ("llama", 576, 30)
 
 
 @pytest.mark.slow
 def test_steering_changes_text_and_clearing_restores_it(llm):
-    arch, n_embd, n_layer = _cvec.model_shape(llm)
-    _cvec.apply(llm, None)
+    arch, n_embd, n_layer = _llama.model_shape(llm)
+    _llama.set_control_vector(llm, None)
     plain = generate(llm)
     assert generate(llm) == plain  # greedy decoding is deterministic
 
     vector = random_vector(arch, n_embd, range(10, 21))
     vector.check_compatible(arch, n_embd, n_layer)
-    _cvec.apply(llm, vector.buffer(n_layer))
+    _llama.set_control_vector(llm, vector.buffer(n_layer))
     steered = generate(llm)
     assert steered != plain
 
-    _cvec.apply(llm, None)
+    _llama.set_control_vector(llm, None)
     assert generate(llm) == plain
 
 
 @pytest.mark.slow
 def test_vector_from_file_steers_like_the_one_in_memory(llm, tmp_path):
-    arch, n_embd, n_layer = _cvec.model_shape(llm)
+    arch, n_embd, n_layer = _llama.model_shape(llm)
     vector = random_vector(arch, n_embd, range(10, 21), seed=1)
-    _cvec.apply(llm, vector.buffer(n_layer))
+    _llama.set_control_vector(llm, vector.buffer(n_layer))
     in_memory = generate(llm)
 
-    _cvec.apply(llm, None)
+    _llama.set_control_vector(llm, None)
     back = ControlVector.from_gguf(vector.to_gguf(tmp_path / "random.gguf"))
-    _cvec.apply(llm, back.buffer(n_layer))
+    _llama.set_control_vector(llm, back.buffer(n_layer))
     assert generate(llm) == in_memory
-    _cvec.apply(llm, None)
+    _llama.set_control_vector(llm, None)
 
 
 @pytest.mark.slow
 def test_a_new_vector_replaces_the_old_one_entirely(llm):
     # The full buffer is always passed, so layers the new vector lacks are zeroed, not kept.
-    arch, n_embd, n_layer = _cvec.model_shape(llm)
+    arch, n_embd, n_layer = _llama.model_shape(llm)
     high = random_vector(arch, n_embd, range(15, 29), seed=2)
     low = random_vector(arch, n_embd, [5], norm=20.0, seed=3)
-    _cvec.apply(llm, None)
-    _cvec.apply(llm, low.buffer(n_layer))
+    _llama.set_control_vector(llm, None)
+    _llama.set_control_vector(llm, low.buffer(n_layer))
     low_only = generate(llm)
 
-    _cvec.apply(llm, high.buffer(n_layer))
-    _cvec.apply(llm, low.buffer(n_layer))
+    _llama.set_control_vector(llm, high.buffer(n_layer))
+    _llama.set_control_vector(llm, low.buffer(n_layer))
     assert generate(llm) == low_only
-    _cvec.apply(llm, None)
+    _llama.set_control_vector(llm, None)
 
 
 @pytest.mark.slow
 def test_apply_rejects_bad_buffers(llm):
-    _, n_embd, n_layer = _cvec.model_shape(llm)
+    _, n_embd, n_layer = _llama.model_shape(llm)
     full = np.zeros(n_embd * (n_layer - 1), dtype=np.float32)
     with pytest.raises(ValueError, match="floats"):
-        _cvec.apply(llm, full[:n_embd * 5])
+        _llama.set_control_vector(llm, full[:n_embd * 5])
     with pytest.raises(ValueError, match="float32"):
-        _cvec.apply(llm, full.astype(np.float64))
+        _llama.set_control_vector(llm, full.astype(np.float64))
     with pytest.raises(ValueError, match="contiguous"):
-        _cvec.apply(llm, np.zeros(2 * full.size, dtype=np.float32)[::2])
+        _llama.set_control_vector(llm, np.zeros(2 * full.size, dtype=np.float32)[::2])
     with pytest.raises(ValueError, match="layer range"):
-        _cvec.apply(llm, full, il_start=0)
+        _llama.set_control_vector(llm, full, il_start=0)

@@ -28,9 +28,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from .. import _cvec, models
+from .. import _llama, check, models
 from ..emotions import EMOTIONS
 from ..errors import EdgeemoError
+from ..steer import prompt_ids
 from .judgebase import ScoredJudge
 
 LABELS: tuple[str, ...] = (*EMOTIONS, "neutral")
@@ -143,11 +144,9 @@ class _LabelReader:
     """A judge model in llama.cpp with its two prompts' prefixes evaluated once each."""
 
     def __init__(self, model: models.Model, *, threads: int | None = None):
-        from .. import check
-
         self.model = model
         self.llm = check.load(model, threads=threads or _threads(), n_ctx=N_CTX)
-        if not self.llm.metadata.get("tokenizer.chat_template"):
+        if not _llama.chat_template(self.llm):
             raise EdgeemoError(f"{model.name} has no chat template: the LLM judge needs an "
                                f"instruction-tuned model")
         self.label_tokens = first_tokens(self.llm, LABELS)
@@ -158,8 +157,6 @@ class _LabelReader:
 
     def _template(self) -> tuple[list[int], list[int]]:
         """The chat template's ids before and after the user's message (rendered once)."""
-        from ..steer import prompt_ids
-
         head, tail = (prompt_ids(self.llm, [{"role": "system", "content": SYSTEM},
                                             {"role": "user", "content": mark}])
                       for mark in ("\x01", "\x02"))
@@ -174,25 +171,23 @@ class _LabelReader:
         return fixed + body + self._tok(end) + after, len(fixed)
 
     def _tok(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8", errors="replace"), add_bos=False,
-                                 special=False)
+        return _llama.tokenize(self.llm, text, bos=False)
 
     def _logits(self, ids: list[int], fixed: int) -> np.ndarray:
         """Next-token logits after ``ids``, reusing the cached fixed prefix when it is the same."""
         prefix = tuple(ids[:fixed])
         if self._cached != prefix:
-            self.llm.reset()
-            self.llm.eval(list(prefix))
+            _llama.reset(self.llm)
+            _llama.evaluate(self.llm, list(prefix))
             self._cached = prefix
-        self.llm.n_tokens = fixed               # eval drops the cache past n_tokens
-        self.llm.eval(ids[fixed:])
-        return _cvec.last_logits(self.llm)
+        _llama.evaluate(self.llm, ids, cached=fixed)
+        return _llama.last_logits(self.llm)
 
     def _clip(self, text: str, limit: int = MAX_TEXT_TOKENS) -> str:
         ids = self._tok(text)
         if len(ids) <= limit:
             return text
-        return self.llm.detokenize(ids[:limit]).decode("utf-8", errors="ignore")
+        return _llama.detokenize(self.llm, ids[:limit]).decode("utf-8", errors="ignore")
 
     def tone(self, text: str) -> dict[str, float]:
         ids, fixed = self._ids(ASK_TONE, [self._clip(text)], ASK_TONE_END)
@@ -219,7 +214,7 @@ def first_tokens(llm, labels: tuple[str, ...]) -> dict[str, list[int]]:
     """Each label's first tokens, as the answer would begin ("afraid", "Afraid"); a spelling whose
     first token another label shares is left out. Raises when a label keeps none."""
     spellings = {label: {label, label.capitalize()} for label in labels}
-    first = {label: {s: llm.tokenize(s.encode(), add_bos=False, special=False)[0]
+    first = {label: {s: _llama.tokenize(llm, s, bos=False)[0]
                      for s in spellings[label]} for label in labels}
     owners: dict[int, set[str]] = {}
     for label, toks in first.items():

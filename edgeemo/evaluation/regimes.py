@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _llama
 from ..errors import EdgeemoError
 
 # Regime thresholds. Chosen on real replies of the default model (SmolLM2-135M-Instruct,
@@ -144,35 +145,26 @@ def surface_features(text: str) -> dict:
 class Scorer:
     """Log-probabilities of a reply under the unsteered model (its own llama.cpp context).
 
-    A separate ``llama_cpp.Llama`` with ``logits_all=True``: the steered runtime's control vector
-    never touches it, so it measures how likely the *unsteered* model finds a text.
+    A separate llama.cpp model that keeps every position's logits (``_llama.load_scorer``): the
+    steered runtime's control vector never touches it, so it measures how likely the *unsteered*
+    model finds a text.
     """
 
     def __init__(self, model_path: Path | str, *, n_ctx: int = 1024, threads: int | None = None):
-        import os
-
-        import llama_cpp
-
-        threads = threads or os.cpu_count()
-        self.llm = llama_cpp.Llama(model_path=str(model_path), logits_all=True, n_ctx=n_ctx,
-                                   n_threads=threads, n_threads_batch=threads, verbose=False)
+        self.llm = _llama.load_scorer(model_path, n_ctx=n_ctx, threads=threads)
         self.n_ctx = n_ctx
         self._cache: dict[tuple, float | None] = {}
 
     def logprobs(self, prompt_ids: Sequence[int], reply: str) -> np.ndarray:
         """Natural-log probability of each reply token given the prompt and the tokens before it."""
-        reply_ids = self.llm.tokenize(reply.encode("utf-8"), add_bos=False, special=False)
+        reply_ids = _llama.tokenize(self.llm, reply, bos=False)
         if not reply_ids:
             return np.zeros(0)
         prompt_ids = list(prompt_ids)[-(self.n_ctx - len(reply_ids)):]   # keep the prompt's end
         if not prompt_ids:
             raise EdgeemoError(f"the reply is {len(reply_ids)} tokens, more than the scorer's "
                                f"context of {self.n_ctx}")
-        tokens = prompt_ids + reply_ids
-        self.llm.reset()
-        self.llm.eval(tokens)
-        # row i of the logits predicts token i + 1
-        logits = np.asarray(self.llm.scores[len(prompt_ids) - 1:len(tokens) - 1], dtype=np.float64)
+        logits = _llama.score_logits(self.llm, prompt_ids + reply_ids, len(prompt_ids))
         top = logits.max(axis=1, keepdims=True)
         log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
         return logits[np.arange(len(reply_ids)), reply_ids] - log_norm
