@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import store
 from .emotions import NEUTRAL
 from .errors import require
-from .extract import Activations
+from .extract import Activations, read_pooled
+from .vectors import DEFAULT_STRENGTH, ControlVector, at_strength, direction_layer
 
 BASELINES = ("neutral", "grand")
 BAND_WIDTH = 5             # layers in the steering band: the layers a vector writes and the probe reads
@@ -179,8 +181,6 @@ def make_vector(acts: Activations, emotion: str, direction: np.ndarray, band: tu
     ``strength`` (default ``vectors.DEFAULT_STRENGTH``; see ``vectors.at_strength`` for what the
     tensors hold). direction: (L, d) over ``acts.layers``.
     """
-    from .vectors import DEFAULT_STRENGTH, ControlVector, at_strength, direction_layer
-
     first, last = band
     picked = [i for i, k in enumerate(acts.layers) if first <= k <= last]
     if not picked:
@@ -251,8 +251,6 @@ def plot_layers(reports: list[dict], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import store
-
     fig, ax = plt.subplots(figsize=(7, 4))
     for rep in reports:
         ax.plot(rep["depth"], rep["accuracy"], marker="o", ms=3,
@@ -289,8 +287,6 @@ def classify(states: np.ndarray, acts: Activations, dirs: dict[str, np.ndarray],
 def heldout_accuracy(acts: Activations, texts: dict[str, list[str]], reader,
                      band: tuple[int, int]) -> dict:
     """Nearest-direction accuracy on texts the extraction never saw (top-1 and top-3)."""
-    from .extract import read_pooled
-
     dirs = directions(acts)
     hits1 = hits3 = total = 0
     per_emotion = {}

@@ -12,10 +12,13 @@ import sys
 import click
 
 from . import __version__, models, store
+from .chat import HELP, ChatSession, describe_mix
+from .cli_check import check_command
 from .cli_common import (CONTEXT, Group, Progress, json_option, load_runtime, model_argument,
                          print_json, say, threads_option)
-from .chat import describe_mix
-from .errors import EdgeemoError
+from .cli_evaluate import calibrate_command, evaluate_command
+from .cli_serve import serve_command
+from .errors import EdgeemoError, require
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -138,7 +141,6 @@ def layer_table(report: dict) -> str:
 def layers(model, method, pooling, seed, json_, plot):
     """Where emotions live: per-layer separation scores against relative depth."""
     from . import analysis, make
-    from .errors import require
 
     if plot:
         require("eval", "matplotlib")
@@ -163,7 +165,6 @@ def compare_methods(model, seed, json_):
     """Generation vs comprehension: per-emotion separation (cross-validated recall of each
     emotion at each method's best band), a Mann-Whitney U test and Cohen's d."""
     from . import make
-    from .errors import require
 
     require("eval", "scipy")
     result = make.compare_methods(models.ensure(model, progress=say), seed=seed,
@@ -366,7 +367,7 @@ def generate(prompt, model, emotion_spec, strength, max_tokens, seed, temperatur
                 click.echo(piece, nl=False)
         seconds = time.perf_counter() - started
         text = "".join(pieces)
-        n_tokens = len(runtime.llm.tokenize(text.encode(), add_bos=False)) if text else 0
+        n_tokens = len(runtime.tokenize(text)) if text else 0
         results.append({"emotions": applied, "text": text, "completion_tokens": n_tokens,
                         "seconds": round(seconds, 3),
                         "tokens_per_second": round(n_tokens / seconds, 2) if seconds else None})
@@ -420,8 +421,6 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
       edgeemo chat --emotion joy:0.06,calm:0.03 --system "You are a tour guide."
       printf 'hi\\n/emotion anger\\nhi again\\n' | edgeemo chat     # scripted
     """
-    from .chat import ChatSession
-
     mix = mix_from(emotion_spec, strength)                    # checked before the model loads
     runtime = load_runtime(model, seed, threads)
     runtime.steer_prompt = steer_prompt
@@ -443,8 +442,6 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
 
 def repl(session) -> None:
     """Read lines until exit, quit, Ctrl-D or Ctrl-C; a bad command never ends the chat."""
-    from .chat import HELP
-
     runtime = session.runtime
     interactive = sys.stdin.isatty()
     click.echo(f"Chatting with {runtime.model.name} ({describe_mix(runtime.mix)}). {HELP}",
@@ -523,15 +520,9 @@ def probe(text, model, json_):
         click.echo(f"{name:14} {score:+.4f}")
 
 
-# --- steering evaluation (its commands live in their own module) -----------------------------------
-
-from .cli_check import check_command  # noqa: E402
-from .cli_evaluate import calibrate_command, evaluate_command  # noqa: E402  (no import loop)
+# --- commands that live in their own modules -------------------------------------------------------
 
 cli.add_command(evaluate_command)
 cli.add_command(calibrate_command)
 cli.add_command(check_command)
-
-from .cli_serve import serve_command  # noqa: E402
-
 cli.add_command(serve_command)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from . import models
 from .cli_common import json_option, model_argument, print_json, say
 
 
@@ -24,7 +25,7 @@ def check_command(model, json_, threads, no_parity):
 
     Never exports: ONNX parity is measured only when an export is already in the store.
     """
-    from . import check, models
+    from . import check
 
     resolved = models.ensure(model, progress=say)
     report = check.check(resolved, threads=threads, parity_check=not no_parity)

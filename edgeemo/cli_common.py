@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from . import emotions, models, store
 from .errors import EdgeemoError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -21,8 +22,6 @@ class Group(click.Group):
     temporary file is removed on the way out and a commit in progress finishes first."""
 
     def invoke(self, ctx):
-        from . import store
-
         try:
             with store.signals_handled():
                 return super().invoke(ctx)
@@ -89,8 +88,6 @@ threads_option = click.option("--threads", type=click.IntRange(1, 256),
 
 def emotion_list(spec: str) -> list[str]:
     """``a,b,c`` or ``all`` -> canonical emotion names, each once."""
-    from . import emotions
-
     if spec.strip().lower() == "all":
         return list(emotions.EMOTIONS)
     names = [emotions.canonical(part) for part in spec.split(",") if part.strip()]
@@ -101,8 +98,7 @@ def emotion_list(spec: str) -> list[str]:
 
 def load_runtime(model, seed: int = 0, threads: int | None = None, n_ctx: int = 2048):
     """The model in llama.cpp, pulled first if it is a card not yet in the store."""
-    from . import models
-    from .steer import EmotionModel
+    from .steer import EmotionModel        # loads llama.cpp: only for the commands that chat
 
     resolved = models.ensure(model, progress=say)
     say("loading the model")

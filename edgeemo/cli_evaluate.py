@@ -8,9 +8,11 @@ main group prints as one line.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
+from . import models, store
 from .cli_common import (Progress, emotion_list, load_runtime, model_argument, say,
                          threads_option)
 from .errors import EdgeemoError, require
@@ -131,8 +133,6 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, margin_s
     seeds = _seeds(seed_spec)
     scenarios, margin_scenarios = ev.prompt_sets(scenario_spec, margin_spec, pool=pool)
     if judge_model:
-        from . import models
-
         models.resolve(judge_model)              # an unknown name fails before any model loads
     runtime = load_runtime(model, seeds[0], threads)
     if "llm" in judges:                  # pulled now, with word of it, not silently mid-run
@@ -175,8 +175,6 @@ def _seeds(spec: str) -> list[int]:
 
 def use_vectors(runtime, names: list[str], directory) -> None:
     """Steer with ``directory/<emotion>.gguf`` for each emotion (checked against the model)."""
-    from pathlib import Path
-
     for name in names:
         path = Path(directory) / f"{name}.gguf"
         if not path.is_file():
@@ -313,7 +311,6 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
       edgeemo calibrate --emotions all --prebuilt
     """
     require("eval", "empath", "vaderSentiment")
-    from . import models, store
     from .evaluation import calibration
     from .evaluation import evaluate as ev
     from .steer import find_vector
@@ -333,8 +330,6 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
     sources = {}
     for name in names:
         if vector_dir:
-            from pathlib import Path
-
             path = Path(vector_dir) / f"{name}.gguf"
             if not path.is_file():
                 raise EdgeemoError(f"no {name}.gguf in {vector_dir}")

@@ -23,7 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import __version__, store
+from . import __version__, graph, store
 from .errors import ExportError, UnsupportedArchitecture, require
 from .models import Model, check_gguf
 
@@ -130,8 +130,6 @@ def export_onnx(model: Model, info: dict, sha: str, precision: str, out: Path, s
     """Trace the graph with stand-in weights, then write the GGUF's weights into it one tensor at
     a time (see ``graph.py``): memory stays near the largest tensor, whatever the model's size."""
     import transformers
-
-    from . import graph
 
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore")

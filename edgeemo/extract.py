@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import __version__, emotions, models, stimuli, store
+from . import __version__, emotions, export, models, stimuli, store
 from .errors import EdgeemoError
 from .reader import HiddenStateReader
+from .steer import EmotionModel
 from .vectors import hidden_state_index, usable_layers
 
 POOLINGS = ("mean", "last")
@@ -170,7 +171,7 @@ def write_story(runtime, prompt: str, *, seed: int, max_tokens: int = STORY_TOKE
     story_ids = list(runtime.stream_ids(prompt_ids, max_tokens=max_tokens, seed=seed,
                                         temperature=STORY_TEMPERATURE))
     story = {"prompt": prompt, "seed": seed, "prompt_ids": prompt_ids, "story_ids": story_ids,
-             "text": runtime.llm.detokenize(story_ids).decode("utf-8", errors="replace")}
+             "text": runtime.detokenize(story_ids, errors="replace")}
     store.write_text(path, json.dumps(story, ensure_ascii=False))
     return story
 
@@ -231,9 +232,6 @@ def activations(model: models.Model, method: str = "dialogue", *,
     vignettes); for dialogue, ``{"request", "emotion", "text"}`` rows (default the shipped ones). ``labels`` (generation only): the emotions or concepts to write stories
     about; default the 20 emotions. Neutral stories are always written.
     """
-    from . import export
-    from .steer import EmotionModel
-
     if method not in METHODS:
         raise EdgeemoError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
     if method == "generation" and texts:

@@ -22,8 +22,10 @@ import numpy as np
 
 from . import analysis, emotions, extract, models, stimuli, store
 from .errors import EdgeemoError
+from .export import export_model
 from .models import Model
-from .vectors import check_strength
+from .reader import HiddenStateReader
+from .vectors import ControlVector, at_strength, check_strength
 
 BASELINES = analysis.BASELINES
 
@@ -182,8 +184,6 @@ def prebuilt_strength(model: Model, vec):
     """``vec`` at the strength calibrated for the prebuilt vector of its emotion when that file
     was made the same way (same model file, texts, method, baseline, pooling and layers: the same
     direction), else ``vec`` as it is (at ``vectors.DEFAULT_STRENGTH``)."""
-    from .vectors import ControlVector, at_strength
-
     if model.card is None:
         return vec
     path = models.shipped_dir("vectors") / model.card.name / f"{vec.metadata['emotion']}.gguf"
@@ -227,9 +227,6 @@ def layer_report(model: Model, method: str, *, pooling: str = "mean", seed: int 
     """Where emotions live: per-layer separation scores for ``method``, with the anisotropy of
     neutral factual sentences beside them (``analysis.layer_report``); saved in the store."""
     import json
-
-    from .export import export_model
-    from .reader import HiddenStateReader
 
     acts = activations_for(model, method, pooling=pooling, seed=seed, progress=progress, say=say)
     reader = HiddenStateReader(export_model(model, progress=say))

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import emotions, models, stimuli, store
 from .errors import EdgeemoError
+from .export import export_model
 from .extract import read_pooled
 from .reader import HiddenStateReader
 from .steer import find_vector
@@ -21,8 +22,6 @@ from .vectors import ControlVector, hidden_state_index
 
 class Probe:
     def __init__(self, model: models.Model, *, names: list[str] | None = None, progress=None):
-        from .export import export_model
-
         self.model = model
         self.vectors: dict[str, ControlVector] = {}
         for name in names or emotions.EMOTIONS:

@@ -62,23 +62,25 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .errors import require
+from .errors import EdgeemoError, UnknownEmotion, require
 
-require("serve", "fastapi", "uvicorn")
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
+    from starlette.middleware.cors import CORSMiddleware
+except ImportError:
+    require("serve", "fastapi", "uvicorn")    # a one-line error naming the pip install
+    raise
 
-from fastapi import FastAPI, Request  # noqa: E402  (after the check for the serve extra)
-from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
-from starlette.exceptions import HTTPException  # noqa: E402
-from starlette.middleware.cors import CORSMiddleware  # noqa: E402
-
-from . import __version__, emotions, models  # noqa: E402
-from .errors import EdgeemoError, UnknownEmotion  # noqa: E402
-from .serve_schema import (APIError, ChatRequest, CompletionRequest,  # noqa: E402
-                           GenerationRequest, ProbeRequest, Sampling, sampling)
-from .mix import Mix  # noqa: E402
-from .steer import EmotionModel, check_messages, find_vector  # noqa: E402
-from .vectors import ControlVector, recommended_strength  # noqa: E402
+from . import __version__, emotions, export, models
+from .mix import Mix
+from .probe import Probe
+from .serve_schema import (APIError, ChatRequest, CompletionRequest, GenerationRequest,
+                           ProbeRequest, Sampling, sampling)
+from .steer import EmotionModel, check_messages, find_vector
+from .vectors import ControlVector, recommended_strength
 
 log = logging.getLogger("edgeemo.serve")
 
@@ -344,7 +346,7 @@ class Job:
                 ids = runtime.text_ids(self.prompt)
             else:
                 ids = runtime.prompt_ids(self.prompt)
-            n_ctx = runtime.llm.n_ctx()
+            n_ctx = runtime.n_ctx
             if len(ids) >= n_ctx:
                 raise APIError(400, f"the prompt is {len(ids)} tokens, but the context holds "
                                     f"{n_ctx} with the reply: shorten the prompt",
@@ -388,7 +390,7 @@ class Job:
                 tokens.append(token)
                 if logits.top is not None:
                     pending.append((len(text), logits.entry(token)))
-                text = runtime.llm.detokenize(tokens).decode("utf-8", errors="ignore")
+                text = runtime.detokenize(tokens)
                 cut = min((i for i in (text.find(s) for s in options.stop) if i >= 0),
                           default=-1)
                 if cut >= 0:
@@ -443,7 +445,7 @@ class Logits:
                 "top_logprobs": [self.described(int(i)) for i in best]}
 
     def described(self, token: int) -> dict:
-        raw = self.runtime.llm.detokenize([token], special=True)
+        raw = self.runtime.token_bytes(token)
         return {"token": raw.decode("utf-8", errors="replace"),
                 "logprob": float(self.logprobs[token]), "bytes": list(raw)}
 
@@ -571,7 +573,7 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
     for _ in range(parallel):
         runtimes.append(EmotionModel(resolved, n_ctx=n_ctx, threads=threads))
     pool = WorkerPool(runtimes, queue_size, route_wait=route_wait if prompt_cache else None)
-    n_vocab = runtimes[0].llm.n_vocab()
+    n_vocab = runtimes[0].n_vocab
     longest = min(max_tokens_limit or n_ctx, n_ctx)
     default_max_tokens = min(max_tokens, longest)
     started = int(time.time())
@@ -651,8 +653,6 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
 
     @app.post("/v1/probe")
     async def probe(body: ProbeRequest, request: Request):
-        from . import export
-
         if export.cached_export(resolved, "fp32") is None:
             raise APIError(409, f"the probe needs an ONNX export of {resolved.name}: run "
                                 f"`edgeemo export-model {resolved.name}`", code="export_missing")
@@ -663,8 +663,6 @@ def create_app(model: str | os.PathLike | models.Model | None = None, *, paralle
             raise APIError(400, f"text is longer than {PROBE_MAX_CHARS} characters", param="text")
 
         def scores():
-            from .probe import Probe
-
             with probe_lock:
                 if app.state.probe is None:
                     app.state.probe = Probe(resolved)

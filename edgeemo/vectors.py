@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EdgeemoError, VectorFormatError
+from .ggufcheck import check_header
 from .store import atomic_path
 
 ARCH = "controlvector"
@@ -393,7 +394,6 @@ class ControlVector:
         if header[:4] != GGUF_MAGIC:
             raise VectorFormatError(f"{path} is not a GGUF file (it does not start with 'GGUF'); "
                                     f"give a control vector .gguf written by `edgeemo export-vector`")
-        from .ggufcheck import check_header
 
         # before any parser trusts its counts; a model (the common mistake) is refused here,
         # without GGUFReader parsing its whole vocabulary

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeemoError
+from ..vectors import ControlVector, at_strength
 from .evaluate import _load_runtime, calibration_prompts, evaluate, select_scenarios
+from .judges import READERS, TONE_READERS
 from .report import strength_key
 
 CALIBRATION_STRENGTHS = (0.03, 0.05, 0.08, 0.12, 0.16)
@@ -64,8 +66,6 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
     strengths = sorted(float(s) for s in strengths)
     model = _load_runtime(model, seed, threads)            # one model for every evaluation below
     if judge == "tone":
-        from .judges import TONE_READERS
-
         judge, readers = "readers", readers or TONE_READERS
     elif judge == "llm":                   # the LLM judge in place of the readers
         judge, readers = "readers", ("llm",)
@@ -108,8 +108,6 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
 
 def _calibrate_readers(model, emotions, strengths, scenarios, *, seed, max_tokens, verify,
                        progress, readers=None) -> dict[str, dict]:
-    from .judges import READERS
-
     readers = list(readers or READERS)
     result = evaluate(model, emotions, strengths, scenarios, seed=seed, max_tokens=max_tokens,
                       judges=readers, on_task=True, chance=True, progress=progress)
@@ -234,8 +232,6 @@ def apply_calibration(vector_path: Path | str, strength: float, info: dict | Non
     evidence from ``info`` (a :func:`calibrate` entry). All other metadata, the layers and the
     model hint stay as they were. Writes ``output`` if given, else the file itself (atomically).
     """
-    from ..vectors import ControlVector, at_strength
-
     vec = ControlVector.from_gguf(vector_path)
     previous = vec.metadata.get("strength")
     info = info or {}

@@ -30,9 +30,12 @@ import time
 from collections.abc import Callable, Sequence
 
 from .. import emotions as emotions_mod
+from .. import models, stimuli
 from ..errors import EdgeemoError
-from .judges import EMPATH_MAP, JUDGES, MARGINS
-from .ontask import ON_TASK_THRESHOLD
+from ..steer import EmotionModel
+from ..vectors import check_strength
+from .judges import EMPATH_MAP, JUDGES, MARGINS, chance_margin
+from .ontask import ON_TASK_THRESHOLD, on_task_scores
 from .regimes import (BLANK_EXPLOSIVE, DISTINCT2_REPETITIVE, NONWORD_EXPLOSIVE,
                       PPL_RATIO_EXPLOSIVE, REPEAT3_REPETITIVE, Scorer, language_drift,
                       regime, text_features)
@@ -56,8 +59,6 @@ def select_scenarios(spec: int | str | Sequence[str] | None = None, *,
     order (4 -> one neutral, one opposite, one conversational, one story). A comma-separated string
     or list of ids: those, in the order given. Scenarios whose ids are in ``exclude`` are left out.
     """
-    from .. import stimuli
-
     if pool not in ("scenarios", "requests"):
         raise EdgeemoError(f"unknown prompt set '{pool}': choose scenarios or requests")
     rows = stimuli.requests() if pool == "requests" else stimuli.scenarios()
@@ -131,8 +132,6 @@ def prompt_sets(spec: str = "held-out", margin_spec: str = "calibration", *,
 # --- the evaluation -------------------------------------------------------------------------------
 
 def _load_runtime(model, seed: int, threads: int | None = None):
-    from ..steer import EmotionModel
-
     if isinstance(model, EmotionModel):
         return model
     return EmotionModel(model, seed=seed, threads=threads)
@@ -155,7 +154,7 @@ class _Replies:
         ids = list(self.runtime.stream_ids(self.prompts[scenario["id"]],
                                            seed=self.seed if seed is None else seed,
                                            **self.options))
-        text = self.runtime.llm.detokenize(ids).decode("utf-8", errors="ignore") if ids else ""
+        text = self.runtime.detokenize(ids) if ids else ""
         seconds = time.perf_counter() - t0
         self.seconds, self.tokens, self.count = self.seconds + seconds, self.tokens + len(ids), \
             self.count + 1
@@ -197,8 +196,6 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
     judges. Returns one JSON-ready dict: settings, the baseline replies, the chance
     replies, the margin pairs, every sample, and a ``summary`` of the aggregates.
     """
-    from ..vectors import check_strength
-
     started = time.perf_counter()
     names = [emotions_mod.canonical(e) for e in emotions]
     strengths = [None if s is None else check_strength(s) for s in strengths]
@@ -227,7 +224,7 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
         for j in judge_names:
             if method and getattr(JUDGES[j], "shares_data_with", None) == method:
                 shared.setdefault(j, []).append(name)
-    scorer = Scorer(runtime.model.path, threads=runtime.llm.n_threads)   # same as the runtime's
+    scorer = Scorer(runtime.model.path, threads=runtime.threads)   # same as the runtime's
     reply = _Replies(runtime, [*scenarios, *margin_scenarios], seed=seed, max_tokens=max_tokens,
                      temperature=temperature, steer_prompt=steer_prompt)
 
@@ -262,7 +259,7 @@ def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],
         "scenarios": [s["id"] for s in scenarios], "seed": runs[0], "seeds": runs,
         "margin_scenarios": [s["id"] for s in margin_scenarios],
         "max_tokens": max_tokens, "temperature": temperature, "judges": judge_names,
-        "threads": runtime.llm.n_threads, "on_task": on_task, "steer_prompt": steer_prompt,
+        "threads": runtime.threads, "on_task": on_task, "steer_prompt": steer_prompt,
         "on_task_threshold": ON_TASK_THRESHOLD,
         "judges_sharing_data": shared, "judge_models": judge_notes,
         "margins": dict(MARGINS),
@@ -399,8 +396,6 @@ def _judge(judge, names, baseline: dict, samples: list[dict], reference: dict, p
 
 def _on_task(scenarios, baseline: dict, samples: list[dict], reference: dict, progress) -> None:
     """Does each reply still answer its prompt? (the unsteered reply is the reference)"""
-    from .ontask import on_task_scores
-
     prompts = {s["id"]: s["prompt"] for s in scenarios}
     rows = [*samples, *reference.values()]
     if progress:
@@ -488,8 +483,6 @@ def rejudge(result: dict) -> dict:
 def add_judges(result: dict, judge_names: Sequence[str], progress=None) -> dict:
     """Judge an earlier result's replies (baseline, chance, every sample) with more judges,
     without generating again; then :func:`rejudge`. In place; returns the result."""
-    from .. import models
-
     unknown = [j for j in judge_names if j not in JUDGES]
     if unknown:
         raise EdgeemoError(f"unknown judge {', '.join(unknown)}: choose from {', '.join(JUDGES)}")
@@ -512,8 +505,6 @@ def _measured_margins(result: dict) -> dict[str, float]:
     """Margins of the judges that measure theirs (``chance_margin``): from the margin pairs when
     the result has them (prompts that are not judged), else from the judged prompts' chance
     replies."""
-    from .judges import chance_margin
-
     baseline = {row_key(b): b for b in result["baseline"]}
     emotions = result["settings"]["emotions"]
     pairs = result.get("margin_pairs") or []

@@ -37,7 +37,12 @@ from typing import ClassVar
 import numpy as np
 
 from .. import emotions as emotions_mod
+from .. import export, models, stimuli
+from ..emotions import EMOTIONS
 from ..errors import EdgeemoError, require
+from ..extract import read_pooled
+from ..probe import Probe
+from ..reader import HiddenStateReader
 from .judgebase import Judge, ScoredJudge, chance_margin
 from .llmjudge import LLMJudge
 
@@ -190,9 +195,6 @@ class ProbeJudge(Judge):
     chunk = 16
 
     def __init__(self, model=None, emotions=()):
-        from ..errors import EdgeemoError
-        from ..probe import Probe
-
         super().__init__(model, emotions)
         self.probe = Probe(model)
         missing = [n for n in self.emotions if n not in self.probe.vectors]
@@ -228,11 +230,6 @@ class ReaderJudge(ScoredJudge):
     DEPTH = (0.45, 0.70)
 
     def __init__(self, model=None, emotions=()):
-        from .. import export, models
-        from ..emotions import EMOTIONS
-        from ..extract import read_pooled
-        from ..reader import HiddenStateReader
-
         super().__init__(model, emotions)
         self.reader = HiddenStateReader(export.export_model(models.ensure(self.reader_model)))
         made = _READERS_MADE.get(type(self))
@@ -248,8 +245,6 @@ class ReaderJudge(ScoredJudge):
         _, self.layers, self.centre, self.directions = made
 
     def read(self, texts):
-        from ..extract import read_pooled
-
         out: list[dict | None] = [None] * len(texts)
         idx = [i for i, t in enumerate(texts) if t.strip()]
         if not idx:
@@ -269,9 +264,6 @@ class ReaderJudge(ScoredJudge):
     @classmethod
     def texts(cls) -> dict[str, list[str]]:
         """The texts each emotion's direction is made from: the held-out vignettes."""
-        from .. import stimuli
-        from ..emotions import EMOTIONS
-
         return stimuli.heldout(EMOTIONS)
 
 class SmolLM2Reader(ReaderJudge):
@@ -302,8 +294,6 @@ class ToneReader(ReaderJudge):
 
     @classmethod
     def texts(cls) -> dict[str, list[str]]:
-        from .. import stimuli
-
         out: dict[str, list[str]] = {}
         for row in stimuli.dialogue():
             if ToneReader.requests is not None and row["request"] not in ToneReader.requests:
@@ -327,8 +317,6 @@ class ToneGemma3(ToneReader):
 def tone_readers_from(requests: Iterable[str]):
     """Within this block the tone readers are made from the replies to ``requests`` only, so
     dialogue vectors made from the other requests can be judged by them (a cross-fit)."""
-    from .. import stimuli
-
     wanted = frozenset(requests)
     known = {r["request"] for r in stimuli.dialogue()}
     if not wanted or not wanted <= known:
