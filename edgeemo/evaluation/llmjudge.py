@@ -87,7 +87,7 @@ class LLMJudge(ScoredJudge):
         """Free the judge models this process loaded (they are kept between evaluations, as a
         1.5B judge takes seconds to load; a long-lived program calls this when it is done)."""
         for reader in cls._loaded.values():
-            reader.llm.close()
+            _llama.close(reader.llm)
         cls._loaded.clear()
 
     @property
