@@ -63,7 +63,7 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
         first_token(runtime, messages)                              # warm-up
         times = []
         for _ in range(settings["reps"]):
-            runtime.llm.reset()
+            runtime.reset()
             elapsed, n_prompt = first_token(runtime, messages)
             times.append(elapsed)
         report.row("time to first token (chat turn)", 1000 * benchlib.median(times), "ms",

@@ -33,7 +33,7 @@ def generate_once(runtime, prompt_ids: list[int], mix: dict | None, tokens: int)
         runtime.steer(mix)
     else:
         runtime.clear()
-    runtime.llm.reset()                   # same cold start for every condition
+    runtime.reset()                       # same cold start for every condition
     ids, stamps = [], []
     started = time.perf_counter()
     for token in runtime.stream_ids(prompt_ids, max_tokens=tokens, temperature=0.0, seed=0):
