@@ -1,14 +1,13 @@
 """The native layer: every call edgeemo makes into llama.cpp (through llama-cpp-python) or into C.
 
-Other modules hold a ``llama_cpp.Llama`` only to hand it back to the functions here
-(``steer.EmotionModel`` also drives its generation). What is here:
+Other modules hold a ``llama_cpp.Llama`` only to hand it back to the functions here. What is here:
 
 * loading: the generating model (:func:`load`), a quiet one for checks and the LLM judge
   (:func:`load_quiet`), a vocabulary-only one for tokenizing (:func:`load_vocab`) and a scorer
   that keeps every position's logits (:func:`load_scorer`); each raises llama-cpp-python's
   ValueError for a file llama.cpp cannot load, which the caller words for its user;
 * shapes (:func:`model_shape`, :func:`n_params`, :func:`n_ctx_train`, :func:`n_vocab`), tokens,
-  the chat template, logits, the end-of-generation test and JSON grammars;
+  the chat template, generation, logits, the end-of-generation test and JSON grammars;
 * the control-vector buffer (:func:`set_control_vector`) and the probe of which layers it reaches
   (:func:`layer_effects`);
 * llama.cpp's quantizer, for the test models, and :func:`die_with_parent`, the one libc call
@@ -44,7 +43,7 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import llama_cpp
@@ -181,6 +180,20 @@ def eog_test(llm) -> Callable[[int], bool]:
     is_eog = getattr(llama_cpp, "llama_vocab_is_eog", None) or llama_cpp.llama_token_is_eog
     vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
     return lambda token: is_eog(vocab, token)
+
+
+# --- generating --------------------------------------------------------------------------------
+
+def set_seed(llm, seed: int) -> None:
+    """Seed the sampler: the same seed, prompt and settings give the same reply."""
+    llm.set_seed(seed)
+
+
+def generate(llm, ids: Sequence[int], **sampling) -> Iterator[int]:
+    """Sampled token ids after ``ids``, without end (``Llama.generate`` with its sampling options:
+    temp, top_k, top_p, min_p, the penalties, grammar, logits_processor). The cached prefix that
+    ``ids`` shares is reused; the last id is always evaluated again."""
+    return llm.generate(ids, reset=True, **sampling)
 
 
 # --- evaluating and logits ---------------------------------------------------------------------

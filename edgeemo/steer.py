@@ -139,16 +139,16 @@ class EmotionModel:
                                f"{max_tokens} more were asked for, but the context holds {n_ctx}; "
                                f"shorten the prompt, lower --max-tokens, or /reset the chat")
         if seed is not None:
-            self.llm.set_seed(seed)
+            _llama.set_seed(self.llm, seed)
         self._prepare(prompt_ids, self.steer_prompt if steer_prompt is None else steer_prompt)
         greedy = temperature <= 0
         produced = 0
-        for token in self.llm.generate(prompt_ids, temp=max(temperature, 0.0),
-                                       top_k=1 if greedy else top_k, top_p=top_p, min_p=min_p,
-                                       repeat_penalty=repeat_penalty,
-                                       frequency_penalty=frequency_penalty,
-                                       presence_penalty=presence_penalty, grammar=grammar,
-                                       logits_processor=logits_processor, reset=True):
+        for token in _llama.generate(self.llm, prompt_ids, temp=max(temperature, 0.0),
+                                     top_k=1 if greedy else top_k, top_p=top_p, min_p=min_p,
+                                     repeat_penalty=repeat_penalty,
+                                     frequency_penalty=frequency_penalty,
+                                     presence_penalty=presence_penalty, grammar=grammar,
+                                     logits_processor=logits_processor):
             if self.is_eog(token):
                 break
             yield token
