@@ -51,6 +51,36 @@ import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
+# --- llama.cpp's log ---------------------------------------------------------------------------
+# llama-cpp-python 0.3.x reads ggml's log levels by an older numbering, in which the level that
+# now means WARN was ERROR, so llama.cpp's warnings ("n_ctx_seq (512) > n_ctx_train (0) --
+# possible training context overflow") reached the terminal on ordinary commands. We set our own
+# callback with ggml's current levels: errors only, or everything with EDGEEMO_VERBOSE=1
+# (``edgeemo --verbose``) or a model loaded with ``verbose=True``.
+GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_CONT = 4, 5
+_log_state = {"verbose": False, "level": GGML_LOG_LEVEL_ERROR}
+
+
+def _verbose() -> bool:
+    return _log_state["verbose"] or os.environ.get("EDGEEMO_VERBOSE", "") not in ("", "0")
+
+
+@llama_cpp.llama_log_callback
+def _log(level: int, text: bytes, user_data) -> None:
+    if level != GGML_LOG_LEVEL_CONT:              # a continued line keeps its first part's level
+        _log_state["level"] = level
+    if _log_state["level"] == GGML_LOG_LEVEL_ERROR or _verbose():
+        print(text.decode("utf-8", errors="replace"), end="", flush=True, file=sys.stderr)
+
+
+llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show all of llama.cpp's log lines (True) or only its errors (False)."""
+    _log_state["verbose"] = bool(verbose)
+
+
 # --- loading -----------------------------------------------------------------------------------
 
 
@@ -59,6 +89,8 @@ def load(path: Path | str, *, n_ctx: int, seed: int, threads: int | None = None,
     """The model that generates (``steer.EmotionModel``); ``threads`` defaults to one per core,
     for the prompt's batches too."""
     threads = threads or os.cpu_count()
+    if verbose:
+        set_verbose(True)
     return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, seed=seed, n_threads=threads,
                            n_threads_batch=threads, verbose=verbose)
 

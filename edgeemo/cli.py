@@ -7,6 +7,7 @@ one line and exit 1; set EDGEEMO_RAISE_ERRORS=1 to see the traceback instead.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -23,7 +24,9 @@ from .errors import EdgeemoError, require
 
 @click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="edgeemo")
-def cli():
+@click.option("--verbose", is_flag=True, help="Show llama.cpp's own log lines (only its errors "
+                                              "by default).")
+def cli(verbose):
     """Emotion steering for small language models, on CPU.
 
     \b
@@ -36,6 +39,8 @@ def cli():
     MODEL is a name from `edgeemo models` or a path to a .gguf file; the default is
     smollm2-135m-instruct. Files live in $EDGEEMO_HOME (default ~/.cache/edgeemo).
     """
+    if verbose:
+        os.environ["EDGEEMO_VERBOSE"] = "1"        # read by _llama when llama.cpp is loaded
 
 
 @cli.command(name="models")

@@ -193,6 +193,27 @@ def test_generate_compare_shows_both(default_gguf):
     assert "unsteered" in result.stdout and "happy +0.0" in result.stdout
 
 
+def test_llama_cpp_warnings_stay_out_of_the_terminal(default_gguf, capsys, monkeypatch):
+    from edgeemo import _llama
+
+    monkeypatch.delenv("EDGEEMO_VERBOSE", raising=False)
+    _llama.close(_llama.load_vocab(default_gguf))   # warns: n_ctx_seq (512) > n_ctx_train (0)
+    assert "n_ctx_train" not in capsys.readouterr().err
+    monkeypatch.setenv("EDGEEMO_VERBOSE", "1")
+    _llama.close(_llama.load_vocab(default_gguf))
+    assert "n_ctx_train" in capsys.readouterr().err
+
+
+def test_verbose_shows_llama_cpp_log(default_gguf, monkeypatch):
+    from edgeemo import _llama
+
+    monkeypatch.setitem(_llama._log_state, "verbose", False)
+    monkeypatch.setenv("EDGEEMO_VERBOSE", "0")        # restored after the test
+    result = invoke("--verbose", "generate", "-p", PROMPT, "--max-tokens", "2")
+    assert result.exit_code == 0, result.output
+    assert "llama_context" in result.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["-e", "feer"], "did you mean 'afraid'"),
     (["-e", "fear:nan"], "finite"),
