@@ -10,10 +10,10 @@ an address-space limit. Most fail in argument checking before any model loads.
 
 Hand-written cases by command (``python -m pytest tests/test_bad_input.py --collect-only -q``):
 
-    models 5, pull 14, export-model 11, export-vector 30, inspect 16, layers 9,
-    compare-methods 7, probe 11, generate 38, chat 21, evaluate 18, calibrate 12,
-    under memory and time limits 7, Python API (no model) 24, Python API (real model) 25
-    -> 246 in tables, 255 with the single tests below them; plus generated damaged GGUF files
+    models 5, pull 14, export-model 11, export-vector 30, inspect 16, layers and compare-methods
+    16, probe 11, generate 42, chat 23, evaluate and calibrate 30, under memory and time limits 7,
+    Python API (no model) 24, Python API (real model) 25
+    -> 254 in tables, 267 with the single tests below them; plus generated damaged GGUF files
     (hypothesis) as vectors (inspect) and as models (pull PATH), and tests/test_ggufcheck.py's
     fuzzing of the header check.
 
