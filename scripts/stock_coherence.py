@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     from edgeemo import store
     from edgeemo.emotions import EMOTIONS
-    from edgeemo.evaluation import evaluate as ev
+    from edgeemo.evaluation import prompts
     from edgeemo.evaluation import regimes
     from edgeemo.steer import EmotionModel
 
@@ -33,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
 
     runtime = EmotionModel(args.model, threads=1, steer_prompt=True)
-    requests = ev.select_scenarios(8, exclude=ev.CALIBRATION_REQUESTS, pool="requests")
+    requests = prompts.select_scenarios(8, exclude=prompts.CALIBRATION_REQUESTS, pool="requests")
     rows = {}
     for name in (None, *EMOTIONS):
         runtime.steer(None if name is None else {name: None})
