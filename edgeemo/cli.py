@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from . import __version__, models, store
+from . import __version__, models, writes
 from .chat import HELP, ChatSession, describe_mix
 from .cli_check import check_command
 from .cli_common import (CONTEXT, Group, load_runtime, model_argument, print_json, say,
@@ -280,7 +280,7 @@ def repl(session) -> None:
                 if line is None:
                     break
         except (EOFError, click.Abort, KeyboardInterrupt) as exc:
-            if isinstance(exc, store.Terminated):
+            if isinstance(exc, writes.Terminated):
                 raise                                   # SIGTERM ends edgeemo (exit 143)
             break
         except UnicodeDecodeError:
@@ -317,7 +317,7 @@ def show_reply(session, line: str) -> None:
             click.echo(piece, nl=False)
     except KeyboardInterrupt as exc:
         pieces.close()
-        if isinstance(exc, store.Terminated):
+        if isinstance(exc, writes.Terminated):
             raise
         click.echo(" [stopped]", nl=False)
     click.echo()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import models, store
+from . import models, store, writes
 from .cli_common import (Progress, emotion_list, load_runtime, model_argument, say,
                          threads_option)
 from .errors import EdgeemoError, require
@@ -359,7 +359,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
     chosen = calibration.calibrate(runtime, names, strengths, scenarios, seed=seed,
                                    max_tokens=max_tokens, judge=judge, verify=verify,
                                    progress=Progress())
-    with store.transaction():          # every calibrated file, or (interrupted) none
+    with writes.transaction():          # every calibrated file, or (interrupted) none
         for name, info in chosen.items():
             info["source"] = str(sources[name])
             if info["strength"] is None or dry_run:

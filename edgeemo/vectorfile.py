@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import VectorFormatError
 from .ggufcheck import check_header
-from .store import atomic_path
+from .writes import atomic_path
 
 ARCH = "controlvector"
 METADATA_PREFIX = "edgeemo."
