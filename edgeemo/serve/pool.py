@@ -1,4 +1,4 @@
-"""The worker pool: ``parallel`` EmotionModels, a bounded queue, and routing for the prompt cache."""
+"""The worker pool: ``parallel`` EmotionModels, a bounded queue, routing for the prompt cache."""
 
 from __future__ import annotations
 
