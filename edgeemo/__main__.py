@@ -1,3 +1,5 @@
+"""``python -m edgeemo``: the command line."""
+
 from .cli import cli
 
 cli(prog_name="edgeemo")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import store
+from . import writes
 from .emotions import NEUTRAL
 from .errors import require
 from .extract import Activations, read_pooled
@@ -267,7 +267,7 @@ def plot_layers(reports: list[dict], path) -> None:
     ax.legend(fontsize=7)
     ax.set_title("Where emotions separate")
     fig.tight_layout()
-    with store.atomic_path(path) as tmp:
+    with writes.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 

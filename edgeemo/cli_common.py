@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from . import emotions, models, store
+from . import emotions, models, writes
 from .errors import EdgeemoError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -18,21 +18,21 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 class Group(click.Group):
     """Turns EdgeemoError into a one-line error (exit 1), Ctrl-C into exit 130 and SIGTERM into
-    exit 143. Both signals are raised as exceptions (``store.signals_handled``), so every
+    exit 143. Both signals are raised as exceptions (``writes.signals_handled``), so every
     temporary file is removed on the way out and a commit in progress finishes first."""
 
     def invoke(self, ctx):
         try:
-            with store.signals_handled():
+            with writes.signals_handled():
                 return super().invoke(ctx)
         except EdgeemoError as exc:
             if os.environ.get("EDGEEMO_RAISE_ERRORS"):
                 raise
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt as exc:
-            click.echo("\nterminated" if isinstance(exc, store.Terminated) else "\ninterrupted",
+            click.echo("\nterminated" if isinstance(exc, writes.Terminated) else "\ninterrupted",
                        err=True)
-            sys.exit(143 if isinstance(exc, store.Terminated) else 130)
+            sys.exit(143 if isinstance(exc, writes.Terminated) else 130)
 
 
 def say(message: str) -> None:

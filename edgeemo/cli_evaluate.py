@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import models, store
+from . import models, store, writes
 from .cli_common import (Progress, emotion_list, load_runtime, model_argument, say,
                          threads_option)
 from .errors import EdgeemoError, require
@@ -121,6 +121,7 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, margin_s
     """
     require("eval", "empath", "vaderSentiment", "matplotlib")
     from .evaluation import evaluate as ev
+    from .evaluation import prompts
     from .evaluation.judges import JUDGES
     from .evaluation.report import write_report
 
@@ -131,7 +132,7 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, margin_s
     if unknown or not judges:
         raise EdgeemoError(f"unknown judge '{', '.join(unknown)}': choose from {', '.join(JUDGES)}")
     seeds = _seeds(seed_spec)
-    scenarios, margin_scenarios = ev.prompt_sets(scenario_spec, margin_spec, pool=pool)
+    scenarios, margin_scenarios = prompts.prompt_sets(scenario_spec, margin_spec, pool=pool)
     if judge_model:
         models.resolve(judge_model)              # an unknown name fails before any model loads
     runtime = load_runtime(model, seeds[0], threads)
@@ -312,15 +313,15 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
     """
     require("eval", "empath", "vaderSentiment")
     from .evaluation import calibration
-    from .evaluation import evaluate as ev
+    from .evaluation import prompts
     from .steer import find_vector
 
     names = emotion_list(emotion_spec)
     strengths = _strengths(strength_spec)
     pool = "requests" if judge in ("readers", "tone", "llm") else "scenarios"
     spec = scenario_spec.strip()
-    scenarios = ev.calibration_prompts(pool) if spec == "calibration" else \
-        ev.select_scenarios(None if spec == "all" else spec, pool=pool)
+    scenarios = prompts.calibration_prompts(pool) if spec == "calibration" else \
+        prompts.select_scenarios(None if spec == "all" else spec, pool=pool)
     verify = _verify_scenarios(verify_spec, [s["id"] for s in scenarios], pool)
     runtime = load_runtime(model, seed, threads)
     if judge == "llm":
@@ -358,7 +359,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
     chosen = calibration.calibrate(runtime, names, strengths, scenarios, seed=seed,
                                    max_tokens=max_tokens, judge=judge, verify=verify,
                                    progress=Progress())
-    with store.transaction():          # every calibrated file, or (interrupted) none
+    with writes.transaction():          # every calibrated file, or (interrupted) none
         for name, info in chosen.items():
             info["source"] = str(sources[name])
             if info["strength"] is None or dry_run:

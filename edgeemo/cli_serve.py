@@ -1,4 +1,4 @@
-"""``edgeemo serve``: the OpenAI-compatible server (``serve.py``) on uvicorn."""
+"""``edgeemo serve``: the OpenAI-compatible server (``serve/``) on uvicorn."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def serve_command(model, host, port, api_key, parallel, queue_size, threads, n_c
     "joy:0.06,calm:0.03" or {"afraid": 0.08}, or "model": "MODEL:afraid"; "steer_prompt": true
     steers the prompt too), GET /v1/models, GET /v1/emotions, POST /v1/probe, GET /health.
     """
-    from .serve import is_loopback
+    from .serve.app import is_loopback
 
     require("serve", "fastapi", "uvicorn")
     if not is_loopback(host):
@@ -88,7 +88,7 @@ def serve_command(model, host, port, api_key, parallel, queue_size, threads, n_c
 
     import uvicorn
 
-    from .serve import create_app
+    from .serve.app import create_app
 
     say(f"loading {parallel} worker{'s' if parallel > 1 else ''}")
     app = create_app(model, parallel=parallel, queue_size=queue_size, api_key=api_key,

@@ -23,7 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import __version__, graph, store
+from . import __version__, graph, store, writes
 from .errors import ExportError, UnsupportedArchitecture, require
 from .models import Model, check_gguf
 
@@ -92,12 +92,12 @@ def export_model(model: Model, precision: str = "fp32", *, force: bool = False, 
             f"{model.path.name} has architecture '{info['architecture']}', which transformers "
             f"cannot load from GGUF; supported: {', '.join(supported)}")
     # One process exports a model at a time; a second one waits, then reuses the export.
-    with store.lock(f"export-{store.model_key(sha)}-{precision}",
+    with writes.lock(f"export-{store.model_key(sha)}-{precision}",
                     what=f"exporting {model.name} ({precision})", say=say):
         if current(out, precision) and not force:
             say(f"using the export another process made in {out}")
             return out
-        with store.atomic_path(out, directory=True) as tmp:
+        with writes.atomic_path(out, directory=True) as tmp:
             export_onnx(model, info, sha, precision, tmp, say)
     return out
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import __version__, emotions, export, models, stimuli, store
+from . import __version__, emotions, export, models, stimuli, store, writes
 from .errors import EdgeemoError
 from .reader import HiddenStateReader
 from .steer import EmotionModel
@@ -172,7 +172,7 @@ def write_story(runtime, prompt: str, *, seed: int, max_tokens: int = STORY_TOKE
                                         temperature=STORY_TEMPERATURE))
     story = {"prompt": prompt, "seed": seed, "prompt_ids": prompt_ids, "story_ids": story_ids,
              "text": runtime.detokenize(story_ids, errors="replace")}
-    store.write_text(path, json.dumps(story, ensure_ascii=False))
+    writes.write_text(path, json.dumps(story, ensure_ascii=False))
     return story
 
 
@@ -270,7 +270,7 @@ def activations(model: models.Model, method: str = "dialogue", *,
 
 def save_activations(acts: Activations, path) -> None:
     arrays = {f"label:{k}": v for k, v in acts.by_label.items()}
-    with store.atomic_path(path) as tmp:
+    with writes.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, layers=np.array(acts.layers), norms=acts.norms,
                      info=np.array(json.dumps({**acts.info, "method": acts.method})), **arrays)

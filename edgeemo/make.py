@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import analysis, emotions, extract, models, stimuli, store
+from . import analysis, emotions, extract, models, stimuli, store, writes
 from .errors import EdgeemoError
 from .export import export_model
 from .models import Model
@@ -100,7 +100,7 @@ def make_vectors(model: Model, emotion_names: Sequence[str] | None = None, *,
                         denoise=denoise)
     if plan.strength is None:
         vecs = {name: prebuilt_strength(model, vec) for name, vec in vecs.items()}
-    with store.transaction():          # all the files, or (interrupted) none of them
+    with writes.transaction():          # all the files, or (interrupted) none of them
         return [vec.to_gguf(Path(output) if single_file else out_dir / f"{name}.gguf")
                 for name, vec in vecs.items()]
 
@@ -232,7 +232,7 @@ def layer_report(model: Model, method: str, *, pooling: str = "mean", seed: int 
     reader = HiddenStateReader(export_model(model, progress=say))
     facts, _ = extract.read_pooled(reader, stimuli.neutral_facts(), acts.layers, pooling=pooling)
     report = analysis.layer_report(acts, facts)
-    store.write_text(report_path(model, method), json.dumps(report, indent=2))
+    writes.write_text(report_path(model, method), json.dumps(report, indent=2))
     return acts, report
 
 

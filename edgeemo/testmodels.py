@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _llama, models, store
+from . import _llama, models, store, writes
 from .errors import EdgeemoError
 from .ggufcheck import check_header
 
@@ -130,7 +130,7 @@ def make(name: str, size: str = "tiny", out_dir: Path | str = ".", *, seed: int 
     source = (sources or {}).get(spec.tokenizer) or _store_model(SOURCES[spec.tokenizer])
     started = time.perf_counter()
     if size == "tiny":
-        with store.atomic_path(out) as tmp:
+        with writes.atomic_path(out) as tmp:
             write_gguf(tmp, name, spec, Path(source), seed=seed, dtype=np.float32)
     else:
         import gguf
@@ -140,7 +140,7 @@ def make(name: str, size: str = "tiny", out_dir: Path | str = ".", *, seed: int 
             say(f"writing {name} ({size}) as F16")
             write_gguf(f16, name, spec, Path(source), seed=seed, dtype=np.float16)
             say(f"quantizing to {FULL_QUANT} with llama.cpp")
-            with store.atomic_path(out) as tmp:
+            with writes.atomic_path(out) as tmp:
                 quantize(f16, tmp, getattr(gguf.LlamaFileType, f"MOSTLY_{FULL_QUANT}"), threads)
         finally:
             f16.unlink(missing_ok=True)

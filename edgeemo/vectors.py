@@ -1,4 +1,4 @@
-"""Control vectors: the layer-index rule and the llama.cpp GGUF file format.
+"""Control vectors: the ControlVector type, the layer-index rule and strength.
 
 The layer-index rule
 --------------------
@@ -17,19 +17,8 @@ Hence:
 Every other module converts between the two conventions with :func:`hidden_state_index` and
 :func:`direction_layer`, never with a bare ``+ 1`` or ``- 1``.
 
-The file format
----------------
-The same GGUF layout that llama.cpp's ``--control-vector`` loader and repeng read and write:
-
-* ``general.architecture = "controlvector"``
-* ``controlvector.model_hint``  the model's architecture string (``"llama"``, ``"gemma3"``, ...)
-* ``controlvector.layer_count`` the number of direction tensors (uint32)
-* tensors ``direction.N``, 1-D float32 with ``n_embd`` elements, in increasing ``N``
-* ``edgeemo.*`` keys: our own metadata (how the vector was made). llama.cpp reads only tensors.
-  ``edgeemo.n_layer``, when present, is the source model's layer count and is used in messages.
-
-Files are written under a temporary name and renamed, and are byte-identical for identical
-inputs: no timestamps, keys in sorted order, tensors in layer order.
+The file format is in ``vectorfile.py``: :meth:`ControlVector.to_gguf` and
+:meth:`ControlVector.from_gguf` write and read it.
 
 Strength
 --------
@@ -46,24 +35,15 @@ cvector-generator, repeng) has no strength; it applies at scale 1, or at the sca
 from __future__ import annotations
 
 import numbers
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import vectorfile
 from .errors import EdgeemoError, VectorFormatError
-from .ggufcheck import check_header
-from .store import atomic_path
-
-ARCH = "controlvector"
-METADATA_PREFIX = "edgeemo."
-GGUF_MAGIC = b"GGUF"
-
-# Canonical tensor names only: "direction.7", not "direction.07" or "direction.7x". (llama.cpp
-# would parse those with std::stoi; we refuse them rather than guess what the writer meant.)
-_TENSOR_NAME = re.compile(r"direction\.(0|[1-9][0-9]*)")
+from .vectorfile import metadata_value
 
 
 # --- the layer-index rule -------------------------------------------------------------------------
@@ -99,79 +79,6 @@ def usable_layers(n_layer: int) -> range:
                          f"extracted for (need at least 3)")
     return range(1, n_layer - 1)
 
-
-# --- metadata values ------------------------------------------------------------------------------
-
-def _metadata_value(key: str, value: Any) -> Any:
-    """``value`` as one of the Python types we store, or ValueError.
-
-    Stored types: str, bool, int, float, and non-empty lists of str, of int or of float. Lists of
-    floats are rounded to float32 here, because that is how the file stores them.
-    """
-    if isinstance(value, (str, bool)):
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, (list, tuple, np.ndarray)):
-        items = list(value.tolist() if isinstance(value, np.ndarray) else value)
-        if not items:
-            raise ValueError(f"metadata {key!r} is an empty list; GGUF cannot store empty arrays")
-        if all(isinstance(x, str) for x in items):
-            return items
-        if any(isinstance(x, (bool, np.bool_)) for x in items):
-            raise ValueError(f"metadata {key!r}: lists of bools are not supported")
-        if all(isinstance(x, numbers.Integral) for x in items):
-            return [int(x) for x in items]
-        if all(isinstance(x, numbers.Real) for x in items):
-            # Stored as float32: hold the float32 values so a read-back vector compares equal.
-            return [float(np.float32(x)) for x in items]
-        raise ValueError(f"metadata {key!r}: a list must hold only strings, only ints or only "
-                         f"numbers")
-    raise ValueError(f"metadata {key!r} has unsupported type {type(value).__name__}; use str, "
-                     f"bool, int, float or a list of them")
-
-
-def _add_metadata(writer, key: str, value: Any) -> None:
-    """Write one ``edgeemo.*`` key, choosing the GGUF type from the Python type.
-
-    str -> STRING, bool -> BOOL, int -> INT64, float -> FLOAT64 (exact round trip), list of str ->
-    array of STRING, list of int -> array of INT64, list of float -> array of FLOAT32 (values are
-    rounded to float32 on write).
-    """
-    import gguf
-
-    t = gguf.GGUFValueType
-    # add_key_value rather than add_string/add_array: those silently drop empty values.
-    if isinstance(value, str):
-        writer.add_key_value(key, value, t.STRING)
-    elif isinstance(value, bool):          # before int: bool is a subclass of int
-        writer.add_key_value(key, value, t.BOOL)
-    elif isinstance(value, int):
-        writer.add_key_value(key, value, t.INT64)
-    elif isinstance(value, float):
-        writer.add_key_value(key, value, t.FLOAT64)
-    elif isinstance(value[0], str):
-        writer.add_key_value(key, value, t.ARRAY, sub_type=t.STRING)
-    elif isinstance(value[0], int):
-        writer.add_key_value(key, value, t.ARRAY, sub_type=t.INT64)
-    else:
-        writer.add_key_value(key, value, t.ARRAY, sub_type=t.FLOAT32)
-
-
-def _read_metadata(field) -> Any:
-    """A GGUFReader field as a plain Python value (str, bool, int, float or list)."""
-    import gguf
-
-    value = field.contents()
-    if field.types and field.types[0] == gguf.GGUFValueType.ARRAY:
-        return list(value) if value is not None else []
-    return value
-
-
 # --- the control vector ---------------------------------------------------------------------------
 
 @dataclass(eq=False)
@@ -202,7 +109,7 @@ class ControlVector:
         for key in self.metadata:
             if not isinstance(key, str) or not key:
                 raise ValueError(f"metadata keys must be non-empty strings, not {key!r}")
-        self.metadata = {key: _metadata_value(key, self.metadata[key])
+        self.metadata = {key: metadata_value(key, self.metadata[key])
                          for key in sorted(self.metadata)}
 
     def _own(self, layer: int, values) -> np.ndarray:
@@ -340,7 +247,7 @@ class ControlVector:
             f"(n_embd {n_embd}, {n_layer} layers); export a vector for this model with "
             f"`edgeemo export-vector --model {model_name or '<model>'}`")
 
-    # -- GGUF --
+    # -- GGUF (the file format is in vectorfile.py) --
 
     def to_gguf(self, path: Path | str) -> Path:
         """Write the vector as a llama.cpp control-vector GGUF; return the path.
@@ -348,119 +255,22 @@ class ControlVector:
         Raises ValueError if the vector breaks an invariant (e.g. a ``direction.0`` added to
         ``directions`` after construction), so a file llama.cpp would reject is never written.
         """
-        import gguf
-
         if not self.directions:
             raise ValueError("a control vector needs at least one direction")
         # Re-validate: the dicts are plain and may have been changed after construction.
         checked = ControlVector(self.model_hint, self.n_embd, self.directions, self.metadata)
-
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            writer = gguf.GGUFWriter(tmp, ARCH)  # writes general.architecture
-            try:
-                writer.add_key_value(f"{ARCH}.model_hint", checked.model_hint,
-                                     gguf.GGUFValueType.STRING)
-                writer.add_uint32(f"{ARCH}.layer_count", len(checked.directions))
-                for key in sorted(checked.metadata):
-                    _add_metadata(writer, METADATA_PREFIX + key, checked.metadata[key])
-                for layer in sorted(checked.directions):
-                    # float32 always: an F64 tensor makes llama.cpp drop the whole file.
-                    writer.add_tensor(f"direction.{layer}",
-                                      np.ascontiguousarray(checked.directions[layer], np.float32))
-                writer.write_header_to_file()
-                writer.write_kv_data_to_file()
-                writer.write_tensors_to_file()
-            finally:
-                writer.close()
-        return path
+        return vectorfile.write(path, checked.model_hint, checked.directions, checked.metadata)
 
     @classmethod
     def from_gguf(cls, path: Path | str) -> "ControlVector":
-        """Read a control-vector GGUF; raise a one-line VectorFormatError for anything else.
-
-        Accepts exactly what llama.cpp's loader accepts, plus ``general.architecture`` and canonical
-        tensor names. ``controlvector.layer_count`` is informational and not checked.
-        """
-        import gguf
-
+        """Read a control-vector GGUF; raise a one-line VectorFormatError for anything else
+        (see :func:`edgeemo.vectorfile.read` for what is accepted)."""
         path = Path(path)
-        if not path.exists():
-            raise VectorFormatError(f"control vector {path} not found")
-        if path.is_dir():
-            raise VectorFormatError(f"{path} is a directory, not a control vector file")
-        with open(path, "rb") as f:
-            header = f.read(4)
-        if header[:4] != GGUF_MAGIC:
-            raise VectorFormatError(f"{path} is not a GGUF file (it does not start with 'GGUF'); "
-                                    f"give a control vector .gguf written by `edgeemo export-vector`")
-
-        # before any parser trusts its counts; a model (the common mistake) is refused here,
-        # without GGUFReader parsing its whole vocabulary
-        arch = check_header(path, what=f"control vector {path}")["architecture"]
-        if arch is not None and arch != ARCH:
-            raise _not_a_vector(path, arch)
-        try:
-            reader = gguf.GGUFReader(path)
-        except (ValueError, KeyError, IndexError, TypeError, OSError) as exc:
-            raise VectorFormatError(f"{path} is a damaged GGUF file ({exc})") from exc
-
-        def text(key: str) -> str | None:
-            f = reader.get_field(key)
-            if f is None or not f.types or f.types[0] != gguf.GGUFValueType.STRING:
-                return None
-            return f.contents()
-
-        arch = text("general.architecture")
-        if arch != ARCH:
-            raise _not_a_vector(path, arch)
-
-        n_embd = None
-        directions: dict[int, np.ndarray] = {}
-        for tensor in reader.tensors:
-            match = _TENSOR_NAME.fullmatch(tensor.name)
-            if match is None:
-                raise VectorFormatError(f"{path}: tensor {tensor.name!r} is not named direction.N; "
-                                        f"not a control vector")
-            layer = int(match.group(1))
-            if layer == 0:
-                raise VectorFormatError(f"{path} has a direction.0 tensor, which llama.cpp rejects "
-                                        f"(control vectors start at layer 1); re-export the vector")
-            if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
-                raise VectorFormatError(f"{path}: tensor {tensor.name} is "
-                                        f"{tensor.tensor_type.name}, llama.cpp needs F32")
-            if len(tensor.shape) != 1:
-                raise VectorFormatError(f"{path}: tensor {tensor.name} has "
-                                        f"{len(tensor.shape)} dimensions, llama.cpp needs 1")
-            size = int(tensor.n_elements)
-            if n_embd is None:
-                n_embd = size
-            elif size != n_embd:
-                raise VectorFormatError(f"{path}: tensor {tensor.name} has {size} elements but "
-                                        f"earlier directions have {n_embd}")
-            # Copy out of the memory map so the file is not held open.
-            directions[layer] = np.array(tensor.data, dtype=np.float32, copy=True).reshape(-1)
-        if not directions:
-            raise VectorFormatError(f"{path} has no direction tensors")
-
-        metadata = {name[len(METADATA_PREFIX):]: _read_metadata(f)
-                    for name, f in reader.fields.items() if name.startswith(METADATA_PREFIX)}
-        model_hint = text(f"{ARCH}.model_hint") or ""
-        del reader
+        model_hint, n_embd, directions, metadata = vectorfile.read(path)
         try:
             return cls(model_hint, n_embd, directions, metadata, source=str(path))
         except ValueError as exc:
             raise VectorFormatError(f"{path}: {exc}") from exc
-
-
-def _not_a_vector(path: Path, arch: str | None) -> VectorFormatError:
-    arch = " ".join(arch.split()) if arch else arch         # one line, whatever the file says
-    if arch:
-        return VectorFormatError(
-            f"{path} is a GGUF model ({arch}), not a control vector; pass the model with "
-            f"--model and a vector written by `edgeemo export-vector`")
-    return VectorFormatError(f"{path} is not a control vector: general.architecture is "
-                             f"missing, expected '{ARCH}'")
 
 
 def _check_layer(layer: Any) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def main() -> int:
-    from edgeemo import store
+    from edgeemo import writes
     from edgeemo.evaluation import calibration
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,7 +46,7 @@ def main() -> int:
     files = sorted(args.vectors.glob("*.gguf"))
     for path in files:
         calibration.apply_calibration(path, choice["strength"], evidence)
-    store.write_text(args.result.parent / "chosen.json", json.dumps(choice, indent=2) + "\n")
+    writes.write_text(args.result.parent / "chosen.json", json.dumps(choice, indent=2) + "\n")
     print(f"{len(files)} files in {args.vectors} at {choice['strength']:g}")
     return 0
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 def main() -> int:
     from edgeemo.evaluation import evaluate as ev
+    from edgeemo.evaluation import prompts
     from edgeemo.evaluation.report import write_report
     from edgeemo.evaluation.summary import row_key
 
@@ -46,8 +47,8 @@ def main() -> int:
     b = {k: [row for part in parts for row in part[k]] for k in ("baseline", "chance", "samples")}
     b["settings"] = {"scenarios": [q for part in parts for q in part["settings"]["scenarios"]]}
     b["timing"] = {"parts": [part["timing"] for part in parts]}
-    held_out = [s["id"] for s in ev.prompt_sets("held-out")[0]]
-    calibration = set(ev.CALIBRATION_REQUESTS)
+    held_out = [s["id"] for s in prompts.prompt_sets("held-out")[0]]
+    calibration = set(prompts.CALIBRATION_REQUESTS)
     from_b = set(b["settings"]["scenarios"])
     from_a = [q for q in held_out if q not in from_b and q in a["settings"]["scenarios"]]
     if not from_b <= set(held_out):

@@ -36,6 +36,7 @@ def main() -> int:
     from edgeemo.emotions import EMOTIONS
     from edgeemo.evaluation import calibration
     from edgeemo.evaluation import evaluate as ev
+    from edgeemo.evaluation import prompts
     from edgeemo.evaluation import judges
     from edgeemo.steer import EmotionModel
 
@@ -69,7 +70,7 @@ def main() -> int:
             t0 = time.perf_counter()
             chosen = calibration.calibrate(
                 runtime, list(EMOTIONS), [float(s) for s in args.calibrate.split(",")],
-                ev.calibration_prompts(), seed=0,
+                prompts.calibration_prompts(), seed=0,
                 readers=judges.TONE_READERS, progress=progress)
             seconds = round(time.perf_counter() - t0)
             for name, info in chosen.items():
@@ -89,7 +90,7 @@ def main() -> int:
             print({n: i["strength"] for n, i in chosen.items()}, flush=True)
         t0 = time.perf_counter()
         result = ev.evaluate(runtime, list(EMOTIONS), strengths,
-                             ev.select_scenarios(args.scenarios, pool="requests"), seed=0,
+                             prompts.select_scenarios(args.scenarios, pool="requests"), seed=0,
                              max_tokens=60, judges=list(judges.READERS + judges.TONE_READERS),
                              on_task=True, progress=progress)
         result["settings"]["seconds"] = round(time.perf_counter() - t0)

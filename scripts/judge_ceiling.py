@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    from edgeemo import stimuli, store
+    from edgeemo import stimuli, writes
     from edgeemo.emotions import EMOTIONS
     from edgeemo.evaluation import judges, ontask
 
@@ -95,7 +95,7 @@ def main() -> int:
         print(f"{name}: moved {entry['moved']:.2f}, identification {entry['identification']:.2f} "
               f"(margin {entry['margin']})", flush=True)
     print(f"on task: {result['on_task']:.2f}")
-    store.write_text(args.out, json.dumps(result, indent=2) + "\n")
+    writes.write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

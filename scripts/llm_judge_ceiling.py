@@ -37,7 +37,7 @@ MARGINS = (0.5, 1.0, 1.5, 2.5)
 
 
 def main() -> int:
-    from edgeemo import stimuli, store
+    from edgeemo import stimuli, writes
     from edgeemo.emotions import EMOTIONS
     from edgeemo.evaluation.judgebase import chance_margin
     from edgeemo.evaluation.llmjudge import JUDGE_MODELS, LLMJudge
@@ -125,7 +125,7 @@ def main() -> int:
         "confusion": {e: {o: first[e].count(o) for o in sorted(set(first[e]))} for e in EMOTIONS},
     }
     result["scores"] = {f"{q}\t{e}": s for (q, e), s in scores.items()}   # for re-analysis
-    store.write_text(args.out, json.dumps(result, indent=1) + "\n")
+    writes.write_text(args.out, json.dumps(result, indent=1) + "\n")
     _plot(first, args.plot, judge.judge_model.name)
     print(json.dumps({k: v for k, v in result.items()
                       if k not in ("per_emotion", "confusion", "scores")}, indent=1))

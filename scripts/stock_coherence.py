@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    from edgeemo import store
+    from edgeemo import writes
     from edgeemo.emotions import EMOTIONS
-    from edgeemo.evaluation import evaluate as ev
+    from edgeemo.evaluation import prompts
     from edgeemo.evaluation import regimes
     from edgeemo.steer import EmotionModel
 
@@ -33,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
 
     runtime = EmotionModel(args.model, threads=1, steer_prompt=True)
-    requests = ev.select_scenarios(8, exclude=ev.CALIBRATION_REQUESTS, pool="requests")
+    requests = prompts.select_scenarios(8, exclude=prompts.CALIBRATION_REQUESTS, pool="requests")
     rows = {}
     for name in (None, *EMOTIONS):
         runtime.steer(None if name is None else {name: None})
@@ -50,7 +50,7 @@ def main() -> int:
     result = {"model": args.model, "requests": [r["id"] for r in requests],
               "max_tokens": args.max_tokens, "decoding": "greedy, repeat penalty 1.0, prompt "
               "steered too (stock llama.cpp)", "rows": rows}
-    store.write_text(args.out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    writes.write_text(args.out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {args.out}")
     return 0
 

@@ -57,7 +57,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeemo import models, store
+from edgeemo import models, writes
 from edgeemo.cli import cli
 from edgeemo.errors import EdgeemoError
 from edgeemo.vectors import ControlVector
@@ -759,9 +759,9 @@ def test_output_must_be_a_regular_file_or_a_new_path(tmp_path, target):
 def test_errors_about_paths_outside_the_store_do_not_mention_it(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEEMO_HOME", str(tmp_path / "store"))
     for errno_ in (2, 13, 20, 28, 30):
-        message = store.describe_os_error(OSError(errno_, os.strerror(errno_)), tmp_path / "x")
+        message = writes.describe_os_error(OSError(errno_, os.strerror(errno_)), tmp_path / "x")
         assert "EDGEEMO_HOME" not in message and str(tmp_path / "x") in message, message
-        inside = store.describe_os_error(OSError(errno_, os.strerror(errno_)),
+        inside = writes.describe_os_error(OSError(errno_, os.strerror(errno_)),
                                          tmp_path / "store" / "x")
         assert "EDGEEMO_HOME" in inside or "cannot write" in inside, inside
 

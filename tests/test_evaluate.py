@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edgeemo import emotions
-from edgeemo.evaluation import calibration, judges, regimes, report
+from edgeemo.evaluation import calibration, judges, prompts, regimes, report
 from edgeemo.evaluation import evaluate as ev
 from edgeemo.errors import EdgeemoError
 
@@ -156,32 +156,32 @@ def test_lexicon_judgement_uses_valence_for_unmapped_emotions():
 
 
 def test_other_scenarios_leave_out_the_used_ones_and_cover_the_kinds():
-    used = [s["id"] for s in ev.select_scenarios(8)]
+    used = [s["id"] for s in prompts.select_scenarios(8)]
     other = calibration.other_scenarios(used, 8)
     assert len(other) == 8 and not {s["id"] for s in other} & set(used)
-    assert len({s["kind"] for s in other}) == len({s["kind"] for s in ev.select_scenarios()})
+    assert len({s["kind"] for s in other}) == len({s["kind"] for s in prompts.select_scenarios()})
     rest = calibration.other_scenarios(used, None)
-    assert len(rest) == len(ev.select_scenarios()) - 8
+    assert len(rest) == len(prompts.select_scenarios()) - 8
 
 
 def test_calibration_on_requests_is_verified_on_scenarios_never_on_held_out_requests():
     from edgeemo.cli_evaluate import _verify_scenarios
 
-    used = [s["id"] for s in ev.calibration_prompts("requests")]
+    used = [s["id"] for s in prompts.calibration_prompts("requests")]
     verify = _verify_scenarios("8", used, "requests")
-    requests = {s["id"] for s in ev.select_scenarios(None, pool="requests")}
+    requests = {s["id"] for s in prompts.select_scenarios(None, pool="requests")}
     assert len(verify) == 8 and not {s["id"] for s in verify} & requests
     on_scenarios = _verify_scenarios("all", ["s01"], "scenarios")
     assert "s01" not in {s["id"] for s in on_scenarios} and on_scenarios
 
 
 def test_select_scenarios():
-    four = ev.select_scenarios(4)
+    four = prompts.select_scenarios(4)
     assert [s["kind"] for s in four] == ["neutral", "opposite", "conversational", "story"]
-    assert [s["id"] for s in ev.select_scenarios("s02,s01")] == ["s02", "s01"]
-    assert len(ev.select_scenarios()) == len(ev.select_scenarios(1000)) == 44
+    assert [s["id"] for s in prompts.select_scenarios("s02,s01")] == ["s02", "s01"]
+    assert len(prompts.select_scenarios()) == len(prompts.select_scenarios(1000)) == 44
     with pytest.raises(EdgeemoError):
-        ev.select_scenarios("s99")
+        prompts.select_scenarios("s99")
 
 
 # --- calibration on a constructed vector ----------------------------------------------------------
@@ -343,7 +343,7 @@ def _features_at(runtime, scorer, strengths, scenarios) -> dict[float, list[dict
 
 @pytest.mark.slow
 def test_regimes_of_real_replies(runtime, scorer):
-    features = _features_at(runtime, scorer, (0.03, 0.1, 0.6), ev.select_scenarios(4))
+    features = _features_at(runtime, scorer, (0.03, 0.1, 0.6), prompts.select_scenarios(4))
     low, medium, high = ([regimes.regime(f) for f in features[s]] for s in (0.03, 0.1, 0.6))
     assert low.count("surgical") >= 3, low
     assert "surgical" not in high, high
@@ -363,7 +363,7 @@ def test_regimes_of_real_replies(runtime, scorer):
 
 @pytest.mark.slow
 def test_unsteered_perplexity_ratio_is_one(runtime, scorer):
-    s = ev.select_scenarios(1)[0]
+    s = prompts.select_scenarios(1)[0]
     runtime.clear()
     text = runtime.generate(s["prompt"], max_tokens=32, seed=0)
     ids = runtime.prompt_ids([{"role": "user", "content": s["prompt"]}])
@@ -373,7 +373,7 @@ def test_unsteered_perplexity_ratio_is_one(runtime, scorer):
 
 @pytest.mark.slow
 def test_evaluate_is_reproducible(runtime, tmp_path):
-    scenarios = ev.select_scenarios(3)
+    scenarios = prompts.select_scenarios(3)
     runs = [ev.evaluate(runtime, ["afraid", "happy"], [0.04, 0.1], scenarios, seed=0,
                         max_tokens=32) for _ in range(2)]
     first, second = runs
@@ -406,7 +406,7 @@ def test_evaluate_is_reproducible(runtime, tmp_path):
 
 @pytest.mark.slow
 def test_recommended_strength_is_each_vectors_own(runtime):
-    scenarios = ev.select_scenarios(2)
+    scenarios = prompts.select_scenarios(2)
     own = runtime.vector(EMOTION).metadata["strength"]
     result = ev.evaluate(runtime, [EMOTION], [None], scenarios, seed=0, max_tokens=24,
                          use_probe=False, chance=False)
@@ -432,7 +432,7 @@ def test_calibrate_one_emotion_writes_the_chosen_strength(runtime, tmp_path):
     from edgeemo.steer import find_vector
     from edgeemo.vectors import ControlVector
 
-    scenarios = ev.select_scenarios(2)
+    scenarios = prompts.select_scenarios(2)
     verify = calibration.other_scenarios([s["id"] for s in scenarios], 2)
     chosen = calibration.calibrate(runtime, [EMOTION], strengths=(0.03, 0.06), judge="both",
                                    scenarios=scenarios, max_tokens=32, verify=verify)
@@ -472,7 +472,7 @@ def test_calibrate_with_cross_fit_tone_readers(runtime):
     requests = list(dict.fromkeys(r["request"] for r in stimuli.dialogue()))
     with judges.tone_readers_from(requests[1::2]):
         chosen = calibration.calibrate(runtime, [EMOTION], strengths=(0.03, 0.3),
-                                       scenarios=ev.select_scenarios("r05,r08", pool="requests"),
+                                       scenarios=prompts.select_scenarios("r05,r08", pool="requests"),
                                        max_tokens=24, readers=["tone-smollm2"])
     info = chosen[EMOTION]
     assert info["judge"] == "tone-smollm2" and set(info["margins"]) == {"tone-smollm2"}

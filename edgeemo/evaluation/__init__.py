@@ -1,5 +1,6 @@
 """Steering evaluation: did a vector move the tone, and did the text survive?
 
+    prompts.py      which prompts are judged, and the calibration set
     evaluate.py     replies, unsteered and steered, over seeds (``evaluate``, ``rejudge``)
     summary.py      the aggregates, what a chat user meets, 95% intervals over prompts
     judgebase.py    what a judge is (``Judge``, ``ScoredJudge``, ``chance_margin``)

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import EdgeemoError
 from ..vectors import ControlVector, at_strength
-from .evaluate import _load_runtime, calibration_prompts, evaluate, select_scenarios
+from .evaluate import _load_runtime, evaluate
+from .prompts import calibration_prompts, select_scenarios
 from .judges import READERS, TONE_READERS
 from .report import strength_key
 
@@ -41,7 +42,7 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
 
     ``judge="readers"`` (the default; ``"tone"``: the same with the tone readers; ``"llm"``: with
     the LLM judge, ``llmjudge.py``) judges replies
-    to everyday requests (``scenarios`` default to ``evaluate.CALIBRATION_REQUESTS``) with the held-out
+    to everyday requests (``scenarios`` default to ``prompts.CALIBRATION_REQUESTS``) with the held-out
     readers and the on-task check: the window is
     the strengths whose replies are at least :data:`ON_TASK_MIN` on task and :data:`COHERENT_MIN`
     coherent, and the success is the readers' mean of "moved, on task and coherent". The other

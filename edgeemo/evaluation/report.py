@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import store
+from .. import writes
 from ..errors import require
 from .regimes import REGIMES
 
@@ -37,10 +37,10 @@ def write_report(result: dict, directory: Path | str) -> dict[str, Path]:
     directory = Path(directory)
     paths = {"json": directory / "result.json", "markdown": directory / "report.md",
              "regimes": directory / "regimes.png", "success": directory / "success.png"}
-    store.write_text(paths["json"], json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    writes.write_text(paths["json"], json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     plot_regimes(result, paths["regimes"])
     plot_success(result, paths["success"])
-    store.write_text(paths["markdown"], markdown_report(result))
+    writes.write_text(paths["markdown"], markdown_report(result))
     return paths
 
 
@@ -252,7 +252,7 @@ def _save(fig, path: Path | str) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    with store.atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with writes.atomic_path(path) as tmp, open(tmp, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return path

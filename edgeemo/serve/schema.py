@@ -1,4 +1,4 @@
-"""The request bodies ``edgeemo serve`` reads, and how each field becomes a generation setting.
+"""The request bodies ``edgeemo serve`` reads, what each field does, and the errors it answers.
 
 Every field of an OpenAI chat or completion request either works or is refused with a 400 whose
 ``param`` names it; ``null`` means the field's default. A few fields that cannot change the reply
@@ -7,6 +7,10 @@ is refused, since it may be meant to change the reply.
 
     body = ChatRequest.model_validate({"messages": [...], "temperature": None, "seed": -1})
     options = sampling(body, n_vocab=49152, max_tokens=200)
+
+An error is answered as OpenAI-style JSON (:class:`APIError`); the ``emotion`` field, or an
+emotion named in ``model``, becomes a Mix of the emotions the server has vectors for
+(:func:`requested_mix`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import Annotated, Any
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from . import _llama
+from .. import _llama
+from ..errors import EdgeemoError, UnknownEmotion
+from ..mix import Mix
 
 # --- errors ------------------------------------------------------------------------------------
 
@@ -41,6 +47,23 @@ class APIError(Exception):
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+HTTP_TYPES = {401: "authentication_error"}          # the error type of other statuses below 500
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """An exception raised while generating, as the JSON answer it deserves."""
+    if isinstance(exc, APIError):
+        return exc.response()
+    if isinstance(exc, EdgeemoError):
+        return APIError(400, str(exc)).response()
+    return unexpected_error().response()
+
+
+def unexpected_error() -> APIError:
+    return APIError(500, "internal server error (the details are in the server's log)",
+                    type="server_error")
 
 
 # --- the request bodies ------------------------------------------------------------------------
@@ -247,3 +270,50 @@ def grammar(body: GenerationRequest):
     except Exception as exc:                        # noqa: BLE001  (the converter's own errors)
         raise APIError(400, f"response_format: this JSON schema cannot be turned into a "
                             f"grammar: {exc}", param="response_format") from None
+
+
+# --- the emotion a request asks for ---------------------------------------------------------------
+
+def parse_emotion(value, available: dict[str, dict], param: str = "emotion") -> Mix:
+    """An emotion (a name, "joy:0.06,calm:0.03" or {"afraid": 0.08}) as a Mix of emotions this
+    server has vectors for (a strength None: the vector's calibrated strength); an empty Mix for
+    no steering. Raises APIError (400, naming ``param``) for anything else."""
+    try:
+        if value is None or value == "" or value == {}:
+            return Mix()
+        mix = Mix.parse(value) if isinstance(value, str) else Mix.from_dict(value)
+        if mix.files:
+            raise EdgeemoError(f"{mix.files[0]!r}: vector files cannot be named over HTTP; use "
+                               f"an emotion name (GET /v1/emotions lists them)")
+        for name in mix.names:
+            if name not in available:
+                raise EdgeemoError(f"no {name!r} vector for this model; available: "
+                                   f"{', '.join(available) or 'none'} (make one with "
+                                   f"`edgeemo export-vector --emotion {name}`)")
+    except EdgeemoError as exc:
+        raise APIError(400, f"{param}: {exc}", param=param,
+                       code="unknown_emotion" if isinstance(exc, UnknownEmotion)
+                       else "invalid_emotion") from None
+    return mix
+
+
+def requested_mix(body: GenerationRequest, served: str, available: dict[str, dict],
+                  default: Mix) -> Mix:
+    """The steering a request asks for: its ``emotion`` field, else the emotion named in its
+    model (``"<model>:<emotion>"`` or ``"<model>:<emotion>:<strength>"``), else the server's
+    default. A model name without ':' is the served model, whatever it says."""
+    name, colon, alias = (body.model or "").partition(":")
+    if colon and name != served:
+        raise APIError(404, f"the model {body.model!r} does not exist: this server has {served} "
+                            f"and {served}:<emotion> (GET /v1/models lists them)",
+                       param="model", code="model_not_found")
+    if colon and body.emotion is not None:
+        raise APIError(400, "the emotion is given twice, in model and in emotion: give one",
+                       param="emotion")
+    if body.emotion is not None:
+        return parse_emotion(body.emotion, available)
+    if colon:
+        if not alias:
+            raise APIError(400, f"model: name an emotion after '{served}:'", param="model")
+        return parse_emotion(alias, available, param="model")
+    return default
