@@ -567,6 +567,17 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
     made: dict[str, dict] = {}
     timeout = settings["timeout"]
 
+    def already_made(key: str, out: Path) -> bool:
+        """A set already in the given workdir (an earlier, interrupted run) is used again."""
+        if settings["workdir"] and all((out / f"{n}.gguf").is_file() for n in names):
+            report.skip(f"{key}: make the vectors", f"the vectors are already in {out}: used "
+                        f"again, not made or timed in this run")
+            dirs[key] = out
+            if key.startswith("cvector"):
+                dirs[f"{key}-raw"] = out / "raw"
+            return True
+        return False
+
     def maker_rows(key: str, stage: dict, note: str, peak_mb=None) -> None:
         report.row(f"{LABELS[key]}: time to make {len(names)} vectors", stage["wall"], "s",
                    headline=True, note=note)
@@ -574,7 +585,7 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
                    headline=True)
         made[key] = benchlib.rounded({k: v for k, v in stage.items() if k != "memory"})
 
-    if "edgeemo" in wanted:
+    if "edgeemo" in wanted and not already_made("edgeemo", work / "edgeemo"):
         with report.part("edgeemo: make the vectors"):
             out = work / "edgeemo"
             out.mkdir(exist_ok=True)
@@ -607,7 +618,9 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
 
     cvector_sets = [s for s in wanted if s.startswith("cvector")]
     generator = None
-    if cvector_sets and pairs:
+    if cvector_sets and pairs and not all(
+            settings["workdir"] and (work / s.removesuffix("-raw") / f"{n}.gguf").is_file()
+            for s in cvector_sets for n in names):
         with report.part(f"build {GENERATOR}"):
             generator = ensure_generator(benchlib.package_version("llama_cpp_python"),
                                          build=bool(settings["build"]), jobs=threads)
@@ -616,7 +629,8 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
                 report.note(f"{GENERATOR} was built for this run in {generator['built']:.0f} s "
                             f"(not part of any result): " + "; ".join(generator["commands"]))
     for kind in ("tone", "own"):
-        if generator is None or not ({f"cvector-{kind}", f"cvector-{kind}-raw"} & set(wanted)):
+        if not ({f"cvector-{kind}", f"cvector-{kind}-raw"} & set(wanted)) \
+                or already_made(f"cvector-{kind}", work / f"cvector-{kind}") or generator is None:
             continue
         with report.part(f"cvector-generator: make the vectors ({kind})"):
             out = work / f"cvector-{kind}"
@@ -638,7 +652,7 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
             dirs[f"cvector-{kind}"] = out
             dirs[f"cvector-{kind}-raw"] = out / "raw"
 
-    if "repeng" in wanted and pairs:
+    if "repeng" in wanted and pairs and not already_made("repeng", work / "repeng"):
         setup = None
         with report.part("repeng: make importable"):
             from bench_peer import ensure_repeng
