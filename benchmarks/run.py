@@ -7,6 +7,8 @@
                                                      #   work (1-3 minutes); writes to a temp dir
     python benchmarks/run.py --quick --out /tmp/bench
     python benchmarks/run.py --only steering,engine --out /tmp/bench
+    python benchmarks/run.py --only peers_quality --update   # hours: steering quality against
+                                                     #   the peers, added to the record
 
 The store is $EDGEEMO_HOME (default ~/.cache/edgeemo); the default model is pulled and exported
 there first if it is missing. Each benchmark runs as its own process (bench_*.py --json FILE), so
@@ -47,14 +49,21 @@ AT_SIZE = {         # name -> (script, section title, settings passed before the
     "sizes-real": ("bench_sizes.py", "Real models at 135M, 0.5B and 1.5B",
                    ["random=", "texts=16"]),
 }
+# Hours long: run only when named with --only (--set model=... for another model).
+LONG = {            # name -> (script, section title, settings passed before the user's --set)
+    "peers_quality": ("bench_peers_quality.py",
+                      "Steering quality against the peers (llama.cpp cvector-generator, repeng)",
+                      []),
+}
+ONLY_WHEN_NAMED = {**AT_SIZE, **LONG}
 
 
 def title_of(name: str) -> str:
-    return (BENCHMARKS.get(name) or AT_SIZE[name])[1]
+    return (BENCHMARKS.get(name) or ONLY_WHEN_NAMED[name])[1]
 
 
 def run_one(name: str, args, out_dir: Path) -> dict:
-    script, title, *preset = BENCHMARKS.get(name) or AT_SIZE[name]
+    script, title, *preset = BENCHMARKS.get(name) or ONLY_WHEN_NAMED[name]
     json_path = out_dir / f"{name}.json"
     json_path.unlink(missing_ok=True)
     command = [sys.executable, str(benchlib.HERE / script), "--threads", str(args.threads),
@@ -87,8 +96,9 @@ def main() -> int:
                         help="Tiny settings; every code path runs, the numbers mean nothing.")
     parser.add_argument("--out", help="Directory for results.json and RESULTS.md (default: "
                                       "benchmarks/, or a new temp directory with --quick).")
-    parser.add_argument("--only", help=f"Comma-separated subset of: {', '.join(BENCHMARKS)}; or "
-                                       f"at real size (only when named): {', '.join(AT_SIZE)}.")
+    parser.add_argument("--only", help=f"Comma-separated subset of: {', '.join(BENCHMARKS)}; or, "
+                                       f"only when named, at real size: {', '.join(AT_SIZE)}; "
+                                       f"hours long: {', '.join(LONG)}.")
     parser.add_argument("--threads", type=int, default=benchlib.default_threads(),
                         help="CPU threads for every engine (default: all cores).")
     parser.add_argument("--note", help="A sentence on the conditions of the run (e.g. other work "
@@ -108,10 +118,10 @@ def main() -> int:
     if args.quick and args.timeout is None:
         args.timeout = 900
     names = args.only.split(",") if args.only else list(BENCHMARKS)
-    unknown = [n for n in names if n not in BENCHMARKS and n not in AT_SIZE]
+    unknown = [n for n in names if n not in BENCHMARKS and n not in ONLY_WHEN_NAMED]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from "
-                     f"{', '.join([*BENCHMARKS, *AT_SIZE])}")
+                     f"{', '.join([*BENCHMARKS, *ONLY_WHEN_NAMED])}")
     if args.out:
         out_dir = Path(args.out)
     elif args.quick:
