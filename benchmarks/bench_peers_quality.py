@@ -161,7 +161,7 @@ class ChatText:
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        from edgeemo.steer import token_text
+        from edgeemo._llama import token_text
 
         self.llm = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
         template = self.llm.metadata.get("tokenizer.chat_template")
@@ -422,7 +422,8 @@ def judge_set(model_name: str, vector_dir: str, names: list[str], sweep: dict, h
     vector set; each evaluate result is also written to ``cache`` (and read from there when
     present)."""
     from edgeemo.evaluation import calibration
-    from edgeemo.evaluation.evaluate import evaluate, prompt_sets
+    from edgeemo.evaluation.evaluate import evaluate
+    from edgeemo.evaluation.prompts import prompt_sets
     from edgeemo.evaluation.llmjudge import LLMJudge
     from edgeemo.steer import EmotionModel
 
