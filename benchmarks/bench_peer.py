@@ -104,9 +104,9 @@ def ensure_repeng(requirement: str, install: bool) -> dict:
     return done
 
 
-def repeng_directions(gguf_path: str, pairs: dict, layer_ids: list[int], method: str,
-                      threads: int) -> dict:
-    """Train one repeng ControlVector per emotion (run in a fresh process)."""
+def load_for_repeng(gguf_path: str, threads: int):
+    """repeng, whether numpy needed the ``float_`` shim, and the GGUF loaded by transformers in
+    float32 with its tokenizer (padding with EOS when it has no pad token), as repeng wants."""
     import warnings
     from pathlib import Path
 
@@ -118,13 +118,20 @@ def repeng_directions(gguf_path: str, pairs: dict, layer_ids: list[int], method:
     transformers.logging.disable_progress_bar()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(threads)
-    started = time.perf_counter()
     path = Path(gguf_path)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return repeng, shim, model, tokenizer
+
+
+def repeng_directions(gguf_path: str, pairs: dict, layer_ids: list[int], method: str,
+                      threads: int) -> dict:
+    """Train one repeng ControlVector per emotion (run in a fresh process)."""
+    started = time.perf_counter()
+    repeng, shim, model, tokenizer = load_for_repeng(gguf_path, threads)
     control = repeng.ControlModel(model, layer_ids)
     loaded = time.perf_counter()
     out = {}

@@ -313,26 +313,11 @@ def write_foreign(path: Path, model_hint: str, directions: dict) -> None:
 def make_repeng(gguf_path: str, pairs: dict, out_dir: str, threads: int) -> dict:
     """repeng's ControlVector.train with its defaults, one per emotion, exported with
     export_gguf (run in a fresh process)."""
-    import warnings
-
     os.environ.setdefault("TQDM_DISABLE", "1")       # repeng's progress bars, per batch and layer
-    import torch
-    import transformers
+    from bench_peer import load_for_repeng
 
-    from bench_peer import import_repeng
-
-    repeng, shim = import_repeng()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    path = Path(gguf_path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    repeng, shim, model, tokenizer = load_for_repeng(gguf_path, threads)
     t1 = time.perf_counter()
     layers = None
     for emotion, items in pairs.items():
