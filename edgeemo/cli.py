@@ -177,33 +177,24 @@ def generate(prompt, model, emotion_spec, strength, max_tokens, seed, temperatur
       edgeemo generate -p "Tell me about your morning." --emotion fear
       edgeemo generate -p "Write a note to a neighbour." -e joy:0.1 --compare
     """
-    import time
-
     if not prompt.strip():
         raise click.UsageError("the prompt is empty")
     mix = mix_from(emotion_spec, strength)
     runtime = load_runtime(model, seed, threads)
     runtime.steer_prompt = steer_prompt
     options = {"max_tokens": max_tokens, "seed": seed, "temperature": temperature}
+    show = None if json_ or compare else (lambda piece: click.echo(piece, nl=False))
     runs = [{}, mix] if compare else [mix]
     results = []
     for wanted in runs:
         applied = runtime.steer(wanted) if wanted else runtime.clear()
-        started = time.perf_counter()
-        pieces = []
-        for piece in runtime.stream(prompt, **options):
-            pieces.append(piece)
-            if not (json_ or compare):
-                click.echo(piece, nl=False)
-        seconds = time.perf_counter() - started
-        text = "".join(pieces)
-        n_tokens = len(runtime.tokenize(text)) if text else 0
-        results.append({"emotions": applied, "text": text, "completion_tokens": n_tokens,
-                        "seconds": round(seconds, 3),
-                        "tokens_per_second": round(n_tokens / seconds, 2) if seconds else None})
+        reply = runtime.complete(prompt, on_text=show, **options)
+        per_second = reply.tokens_per_second
+        results.append({"emotions": applied, "text": reply.text,
+                        "completion_tokens": reply.tokens, "seconds": round(reply.seconds, 3),
+                        "tokens_per_second": None if per_second is None else round(per_second, 2)})
     if json_:
-        prompt_tokens = len(runtime.prompt_ids([{"role": "user", "content": prompt}]))
-        doc = {"model": runtime.model.name, "prompt": prompt, "prompt_tokens": prompt_tokens,
+        doc = {"model": runtime.model.name, "prompt": prompt, "prompt_tokens": reply.prompt_tokens,
                "settings": {**options, "layers": runtime.layers, "steer_prompt": steer_prompt},
                **results[-1]}
         if compare:
