@@ -52,20 +52,7 @@ def cli(verbose):
 @click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
 def models_command(json_):
     """List known models and which are in the store."""
-    from . import export
-
-    rows = []
-    for card in models.cards().values():
-        path = models.store_path(card)
-        rows.append({
-            "name": card.name, "family": card.family, "architecture": card.architecture,
-            "kind": card.kind, "n_layer": card.n_layer, "n_embd": card.n_embd,
-            "source": card.source["type"], "offline": card.offline, "default": card.default,
-            "size": card.size or None, "sha256": card.sha256 or None, "licence": card.licence,
-            "present": path.is_file(), "path": str(path),
-            "exports": sorted(p.name for p in export.exports(models.Model(card.name, path, card)))
-            if card.sha256 else [],
-        })
+    rows = models.listing()
     if json_:
         print_json({"store": str(models.store.home()), "models": rows})
         return
