@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _llama, emotions, models, store
-from .errors import EdgeemoError, NotSteerable, VectorFormatError
+from .errors import EdgeemoError, NotSteerable, VectorFormatError, VectorNotFound
 from .mix import Mix, check_total, looks_like_file
 from .vectors import ControlVector, mix_buffer, scale_for
 
@@ -310,6 +310,22 @@ class EmotionModel:
         vec.check_compatible(self.arch, self.n_embd, self.n_layer, model_name=self.model.name)
         self.vectors[key] = vec
         return vec
+
+    def load_vectors(self, directory: str | os.PathLike,
+                     names: list[str] | None = None) -> dict[str, Path]:
+        """Steer with ``directory/<emotion>.gguf`` instead of the store's or the prebuilt vector,
+        for each of ``names`` (default: every .gguf file there), each checked against the model.
+        Returns the files by emotion; raises VectorNotFound naming the first one missing."""
+        if names is None:
+            names = sorted(p.stem for p in Path(directory).glob("*.gguf"))
+        paths = {}
+        for name in names:
+            path = Path(directory) / f"{name}.gguf"
+            if not path.is_file():
+                raise VectorNotFound(f"no {name}.gguf in {os.fspath(directory)}")
+            self.vectors[name] = self.vector(str(path))
+            paths[name] = path
+        return paths
 
     def steer(self, mix: Mix | dict[str, float | None] | str | os.PathLike | None, *,
               layers: tuple[int, int] | None = None, keep_cache: bool = False) -> dict[str, float]:

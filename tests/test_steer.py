@@ -200,6 +200,33 @@ def test_complete_ends_with_stop_at_the_end_of_turn_and_matches_generate(runtime
         runtime.complete("  ")
 
 
+def test_load_vectors_steers_with_a_directorys_files(tmp_path):
+    import shutil
+
+    from edgeemo.errors import VectorNotFound
+
+    runtime = EmotionModel(models.resolve("smollm2-135m-instruct"), n_ctx=512)
+    shipped = models.shipped_dir("vectors") / "smollm2-135m-instruct"
+    afraid = ControlVector.from_gguf(shipped / "afraid.gguf")
+    ControlVector(afraid.model_hint, afraid.n_embd,
+                  {n: -d for n, d in afraid.directions.items()},
+                  dict(afraid.metadata)).to_gguf(tmp_path / "afraid.gguf")
+    shutil.copy(shipped / "calm.gguf", tmp_path / "calm.gguf")
+    with pytest.raises(VectorNotFound, match=f"no happy.gguf in {tmp_path}$"):
+        runtime.load_vectors(tmp_path, ["afraid", "happy"])
+    assert runtime.load_vectors(tmp_path) == {"afraid": tmp_path / "afraid.gguf",
+                                              "calm": tmp_path / "calm.gguf"}
+    for layer, direction in runtime.vector("afraid").directions.items():
+        np.testing.assert_allclose(direction, -afraid.directions[layer], rtol=1e-6)
+    runtime.steer({"afraid": 0.05})
+    flipped = runtime.generate(PROMPT, **GREEDY)
+    fresh = EmotionModel(models.resolve("smollm2-135m-instruct"), n_ctx=512)
+    fresh.steer({"afraid": 0.05})
+    assert fresh.generate(PROMPT, **GREEDY) != flipped
+    fresh.steer({"afraid": -0.05})
+    assert fresh.generate(PROMPT, **GREEDY) == flipped
+
+
 # --- the CLI ------------------------------------------------------------------------------------
 
 def invoke(*args, input=None):
