@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _llama, emotions, models, store
+from .chatformat import prompt_ids
 from .errors import EdgeemoError, NotSteerable, VectorFormatError, VectorNotFound
 from .mix import Mix, check_total, looks_like_file
 from .vectors import ControlVector, mix_buffer, scale_for
@@ -377,43 +378,6 @@ class EmotionModel:
             self._keep_unsteered((self.mix, self.layers) if self._buffer is not None else None)
         else:                                 # the vector was set with a reset: nothing is cached
             self._cache, self._steered_from = None, None
-
-
-def prompt_ids(llm, messages: list[dict]) -> list[int]:
-    """Token ids of a conversation, ready for the assistant's turn, for a model loaded by
-    ``_llama`` (a vocabulary-only one will do).
-
-    Instruct models use their own chat template; base models (no template) get a plain
-    continuation: the text of a single message, or a User/Assistant transcript.
-    """
-    check_messages(messages)
-    if _llama.chat_template(llm):
-        return _llama.template_ids(llm, messages)
-    if len(messages) == 1:
-        text = messages[0]["content"]
-    else:
-        text = transcript(messages)
-    return _llama.tokenize(llm, text, bos=True)
-
-
-ROLES = ("system", "user", "assistant")
-
-
-def check_messages(messages) -> None:
-    """A conversation is a non-empty list of {"role": system|user|assistant, "content": str}."""
-    if not isinstance(messages, list) or not messages:
-        raise EdgeemoError("messages must be a non-empty list of {'role': ..., 'content': ...}")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES \
-                or not isinstance(m.get("content"), str):
-            raise EdgeemoError(f"message {i} must be {{'role': one of {', '.join(ROLES)}, "
-                               f"'content': a string}}, not {m!r:.80}")
-
-
-def transcript(messages: list[dict]) -> str:
-    """A plain User/Assistant transcript ending where the assistant speaks next."""
-    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-    return "\n".join(lines) + "\nAssistant:"
 
 
 def restrict(vec: ControlVector, layers: tuple[int, int] | None) -> ControlVector:
