@@ -8,7 +8,7 @@ The public names are imported on first use, so ``import edgeemo`` stays light.
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "EmotionModel": "steer", "ChatSession": "chat", "ControlVector": "vectors",
+    "EmotionModel": "steer", "Completion": "steer", "ChatSession": "chat", "ControlVector": "vectors",
     "at_strength": "vectors", "check_strength": "vectors", "DEFAULT_STRENGTH": "vectors",
     "make_vectors": "make", "layer_report": "make", "export_model": "export",
     "Probe": "probe", "HiddenStateReader": "reader", "EdgeemoError": "errors", "Mix": "mix",

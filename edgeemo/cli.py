@@ -52,20 +52,7 @@ def cli(verbose):
 @click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
 def models_command(json_):
     """List known models and which are in the store."""
-    from . import export
-
-    rows = []
-    for card in models.cards().values():
-        path = models.store_path(card)
-        rows.append({
-            "name": card.name, "family": card.family, "architecture": card.architecture,
-            "kind": card.kind, "n_layer": card.n_layer, "n_embd": card.n_embd,
-            "source": card.source["type"], "offline": card.offline, "default": card.default,
-            "size": card.size or None, "sha256": card.sha256 or None, "licence": card.licence,
-            "present": path.is_file(), "path": str(path),
-            "exports": sorted(p.name for p in export.exports(models.Model(card.name, path, card)))
-            if card.sha256 else [],
-        })
+    rows = models.listing()
     if json_:
         print_json({"store": str(models.store.home()), "models": rows})
         return
@@ -177,33 +164,24 @@ def generate(prompt, model, emotion_spec, strength, max_tokens, seed, temperatur
       edgeemo generate -p "Tell me about your morning." --emotion fear
       edgeemo generate -p "Write a note to a neighbour." -e joy:0.1 --compare
     """
-    import time
-
     if not prompt.strip():
         raise click.UsageError("the prompt is empty")
     mix = mix_from(emotion_spec, strength)
     runtime = load_runtime(model, seed, threads)
     runtime.steer_prompt = steer_prompt
     options = {"max_tokens": max_tokens, "seed": seed, "temperature": temperature}
+    show = None if json_ or compare else (lambda piece: click.echo(piece, nl=False))
     runs = [{}, mix] if compare else [mix]
     results = []
     for wanted in runs:
         applied = runtime.steer(wanted) if wanted else runtime.clear()
-        started = time.perf_counter()
-        pieces = []
-        for piece in runtime.stream(prompt, **options):
-            pieces.append(piece)
-            if not (json_ or compare):
-                click.echo(piece, nl=False)
-        seconds = time.perf_counter() - started
-        text = "".join(pieces)
-        n_tokens = len(runtime.tokenize(text)) if text else 0
-        results.append({"emotions": applied, "text": text, "completion_tokens": n_tokens,
-                        "seconds": round(seconds, 3),
-                        "tokens_per_second": round(n_tokens / seconds, 2) if seconds else None})
+        reply = runtime.complete(prompt, on_text=show, **options)
+        per_second = reply.tokens_per_second
+        results.append({"emotions": applied, "text": reply.text,
+                        "completion_tokens": reply.tokens, "seconds": round(reply.seconds, 3),
+                        "tokens_per_second": None if per_second is None else round(per_second, 2)})
     if json_:
-        prompt_tokens = len(runtime.prompt_ids([{"role": "user", "content": prompt}]))
-        doc = {"model": runtime.model.name, "prompt": prompt, "prompt_tokens": prompt_tokens,
+        doc = {"model": runtime.model.name, "prompt": prompt, "prompt_tokens": reply.prompt_tokens,
                "settings": {**options, "layers": runtime.layers, "steer_prompt": steer_prompt},
                **results[-1]}
         if compare:

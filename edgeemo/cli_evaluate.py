@@ -8,14 +8,13 @@ main group prints as one line.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
 from . import models, store, writes
 from .cli_common import (Progress, emotion_list, load_runtime, model_argument, say,
                          threads_option)
-from .errors import EdgeemoError, require
+from .errors import EdgeemoError, VectorNotFound, require
 
 DEFAULT_JUDGES = "llm"
 
@@ -176,12 +175,11 @@ def _seeds(spec: str) -> list[int]:
 
 def use_vectors(runtime, names: list[str], directory) -> None:
     """Steer with ``directory/<emotion>.gguf`` for each emotion (checked against the model)."""
-    for name in names:
-        path = Path(directory) / f"{name}.gguf"
-        if not path.is_file():
-            raise EdgeemoError(f"no {name}.gguf in {directory}: give a directory with a vector "
-                               f"for each emotion evaluated")
-        runtime.vectors[name] = runtime.vector(str(path))
+    try:
+        runtime.load_vectors(directory, names)
+    except VectorNotFound as exc:
+        raise EdgeemoError(f"{exc}: give a directory with a vector for each emotion "
+                           f"evaluated") from None
 
 
 def print_summary(result: dict) -> None:
@@ -328,13 +326,10 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
         from .evaluation.llmjudge import pick_judge_model
 
         pick_judge_model(runtime.model, progress=say)
-    sources = {}
-    for name in names:
-        if vector_dir:
-            path = Path(vector_dir) / f"{name}.gguf"
-            if not path.is_file():
-                raise EdgeemoError(f"no {name}.gguf in {vector_dir}")
-        elif prebuilt:
+    # evaluate the very files that will be rewritten
+    sources = runtime.load_vectors(vector_dir, names) if vector_dir else {}
+    for name in names if not vector_dir else ():
+        if prebuilt:
             if runtime.model.card is None:
                 raise EdgeemoError(f"{runtime.model.name} is a local file: it has no prebuilt "
                                    f"vectors; calibrate the store's without --prebuilt")
@@ -348,7 +343,6 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
                 raise EdgeemoError(f"no '{name}' vector for {runtime.model.name}: make one with "
                                    f"`edgeemo export-vector --emotion {name}`")
         sources[name] = path
-        # evaluate the very file that will be rewritten
         runtime.vectors[name] = runtime.vector(str(path))
     store_dir = store.vector_dir(runtime.model.sha256)
     if judge == "tone" and any(runtime.vectors[n].metadata.get("method") == "dialogue"

@@ -41,6 +41,10 @@ class VectorFormatError(EdgeemoError):
     pass
 
 
+class VectorNotFound(VectorFormatError):
+    """A directory given for vectors has no file for an emotion asked for."""
+
+
 class UnknownEmotion(EdgeemoError):
     pass
 

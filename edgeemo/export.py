@@ -27,9 +27,9 @@ from . import __version__, graph, store, writes
 from .errors import ExportError, UnsupportedArchitecture, require
 from .models import Model, check_gguf
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = store.EXPORT_PRECISIONS
 ONNX_NAME = "model.onnx"
-MANIFEST = "manifest.json"
+MANIFEST = store.EXPORT_MANIFEST
 TOKENIZER = "tokenizer.json"
 
 
@@ -68,8 +68,7 @@ def cached_export(model: Model, precision: str = "fp32") -> Path | None:
 
 def exports(model: Model) -> list[Path]:
     """The complete exports of a model, one directory per precision."""
-    return [d for d in (store.export_dir(model.sha256, p) for p in PRECISIONS)
-            if (d / MANIFEST).is_file()]
+    return store.exports(model.sha256)
 
 
 def export_model(model: Model, precision: str = "fp32", *, force: bool = False, progress=None) -> Path:

@@ -113,6 +113,23 @@ def store_path(card: Card) -> Path:
     return store.model_file(card.name)
 
 
+def listing() -> list[dict]:
+    """One row per known model (as ``edgeemo models`` shows them): its card's facts, whether it
+    is in the store and where, and its complete ONNX exports."""
+    rows = []
+    for card in cards().values():
+        path = store_path(card)
+        rows.append({
+            "name": card.name, "family": card.family, "architecture": card.architecture,
+            "kind": card.kind, "n_layer": card.n_layer, "n_embd": card.n_embd,
+            "source": card.source["type"], "offline": card.offline, "default": card.default,
+            "size": card.size or None, "sha256": card.sha256 or None, "licence": card.licence,
+            "present": path.is_file(), "path": str(path),
+            "exports": sorted(p.name for p in store.exports(card.sha256)) if card.sha256 else [],
+        })
+    return rows
+
+
 def looks_like_path(name: str) -> bool:
     return name.endswith(".gguf") or os.sep in name or name.startswith(".") or Path(name).is_file()
 

@@ -28,7 +28,7 @@ import numpy as np
 from . import _llama, models
 from .errors import EdgeemoError
 from .export import MANIFEST, ONNX_NAME, TOKENIZER
-from .steer import prompt_ids, transcript
+from .chatformat import prompt_ids, transcript
 
 MAX_TOKENS = 2048          # the most tokens of one text read at once
 TOKEN_BUDGET = 8192        # padded tokens per batch (batch size × longest text), at most

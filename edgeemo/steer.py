@@ -21,13 +21,45 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import _llama, emotions, models, store
-from .errors import EdgeemoError, NotSteerable, VectorFormatError
+from .chatformat import prompt_ids
+from .errors import EdgeemoError, NotSteerable, VectorFormatError, VectorNotFound
 from .mix import Mix, check_total, looks_like_file
 from .vectors import ControlVector, mix_buffer, scale_for
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One whole reply: its text, the ids generated, the seconds it took (the prompt's evaluation
+    and the reply's generation), why it ended ("stop": end of turn; "length": ``max_tokens``
+    reached), and the prompt's length in tokens."""
+    text: str
+    ids: tuple[int, ...]
+    seconds: float
+    finish_reason: str
+    prompt_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        """Tokens generated (the ids counted, not the text tokenized again)."""
+        return len(self.ids)
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds else None
+
+
+MAX_TOKENS = 200                     # a reply's length when no max_tokens is given
+
+
+def finish_reason(produced: int, max_tokens: int) -> str:
+    """Why a reply of ``produced`` tokens ended, when nothing else stopped it."""
+    return "length" if produced >= max_tokens else "stop"
 
 
 class EmotionModel:
@@ -108,9 +140,10 @@ class EmotionModel:
 
     # --- generation ------------------------------------------------------------------------
 
-    def stream_ids(self, prompt_ids: list[int], *, max_tokens: int = 200, temperature: float = 0.7,
-                   top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
-                   repeat_penalty: float = 1.1, frequency_penalty: float = 0.0,
+    def stream_ids(self, prompt_ids: list[int], *, max_tokens: int = MAX_TOKENS,
+                   temperature: float = 0.7, top_p: float = 0.95, top_k: int = 40,
+                   min_p: float = 0.05, repeat_penalty: float = 1.1,
+                   frequency_penalty: float = 0.0,
                    presence_penalty: float = 0.0, seed: int | None = None,
                    steer_prompt: bool | None = None, grammar=None,
                    logits_processor=None) -> Iterator[int]:
@@ -209,20 +242,51 @@ class EmotionModel:
 
     def stream(self, prompt: str | list[dict], **options) -> Iterator[str]:
         """Yield text pieces as they are generated (whole UTF-8 characters only)."""
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        yield from self._pieces(self.stream_ids(self._reply_ids(prompt), **options), [])
+
+    def generate(self, prompt: str | list[dict], **options) -> str:
+        return "".join(self.stream(prompt, **options))
+
+    def complete(self, prompt: str | list[dict], *, on_text: Callable[[str], None] | None = None,
+                 **options) -> Completion:
+        """The whole reply to a prompt (a user message, or a conversation), timed and counted.
+
+        ``options`` are :meth:`stream_ids`'s; ``on_text`` is called with each piece of text as
+        it is generated (as :meth:`stream` yields them), e.g. to show the reply as it comes.
+        """
+        return self.complete_ids(self._reply_ids(prompt), on_text=on_text, **options)
+
+    def complete_ids(self, prompt_ids: list[int], *, max_tokens: int = MAX_TOKENS,
+                     on_text: Callable[[str], None] | None = None, **options) -> Completion:
+        """:meth:`complete` for a prompt already turned into token ids."""
+        started = time.perf_counter()
+        ids: list[int] = []
+        pieces = []
+        tokens = self.stream_ids(prompt_ids, max_tokens=max_tokens, **options)
+        for piece in self._pieces(tokens, ids):
+            pieces.append(piece)
+            if on_text is not None:
+                on_text(piece)
+        seconds = time.perf_counter() - started
+        return Completion("".join(pieces), tuple(ids), seconds,
+                          finish_reason(len(ids), max_tokens), len(prompt_ids))
+
+    def _reply_ids(self, prompt: str | list[dict]) -> list[int]:
         if isinstance(prompt, str) and not prompt.strip():
             raise EdgeemoError("the prompt is empty: give some text to respond to")
-        ids: list[int] = []
+        return self.prompt_ids([{"role": "user", "content": prompt}] if isinstance(prompt, str)
+                               else prompt)
+
+    def _pieces(self, tokens: Iterator[int], ids: list[int]) -> Iterator[str]:
+        """The text of ``tokens`` piece by piece, whole UTF-8 characters only; ``ids`` gets
+        each token as it comes."""
         shown = ""
-        for token in self.stream_ids(self.prompt_ids(messages), **options):
+        for token in tokens:
             ids.append(token)
             text = self.detokenize(ids)
             if len(text) > len(shown):
                 yield text[len(shown):]
                 shown = text
-
-    def generate(self, prompt: str | list[dict], **options) -> str:
-        return "".join(self.stream(prompt, **options))
 
     # --- steering --------------------------------------------------------------------------
 
@@ -247,6 +311,22 @@ class EmotionModel:
         vec.check_compatible(self.arch, self.n_embd, self.n_layer, model_name=self.model.name)
         self.vectors[key] = vec
         return vec
+
+    def load_vectors(self, directory: str | os.PathLike,
+                     names: list[str] | None = None) -> dict[str, Path]:
+        """Steer with ``directory/<emotion>.gguf`` instead of the store's or the prebuilt vector,
+        for each of ``names`` (default: every .gguf file there), each checked against the model.
+        Returns the files by emotion; raises VectorNotFound naming the first one missing."""
+        if names is None:
+            names = sorted(p.stem for p in Path(directory).glob("*.gguf"))
+        paths = {}
+        for name in names:
+            path = Path(directory) / f"{name}.gguf"
+            if not path.is_file():
+                raise VectorNotFound(f"no {name}.gguf in {os.fspath(directory)}")
+            self.vectors[name] = self.vector(str(path))
+            paths[name] = path
+        return paths
 
     def steer(self, mix: Mix | dict[str, float | None] | str | os.PathLike | None, *,
               layers: tuple[int, int] | None = None, keep_cache: bool = False) -> dict[str, float]:
@@ -298,43 +378,6 @@ class EmotionModel:
             self._keep_unsteered((self.mix, self.layers) if self._buffer is not None else None)
         else:                                 # the vector was set with a reset: nothing is cached
             self._cache, self._steered_from = None, None
-
-
-def prompt_ids(llm, messages: list[dict]) -> list[int]:
-    """Token ids of a conversation, ready for the assistant's turn, for a model loaded by
-    ``_llama`` (a vocabulary-only one will do).
-
-    Instruct models use their own chat template; base models (no template) get a plain
-    continuation: the text of a single message, or a User/Assistant transcript.
-    """
-    check_messages(messages)
-    if _llama.chat_template(llm):
-        return _llama.template_ids(llm, messages)
-    if len(messages) == 1:
-        text = messages[0]["content"]
-    else:
-        text = transcript(messages)
-    return _llama.tokenize(llm, text, bos=True)
-
-
-ROLES = ("system", "user", "assistant")
-
-
-def check_messages(messages) -> None:
-    """A conversation is a non-empty list of {"role": system|user|assistant, "content": str}."""
-    if not isinstance(messages, list) or not messages:
-        raise EdgeemoError("messages must be a non-empty list of {'role': ..., 'content': ...}")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES \
-                or not isinstance(m.get("content"), str):
-            raise EdgeemoError(f"message {i} must be {{'role': one of {', '.join(ROLES)}, "
-                               f"'content': a string}}, not {m!r:.80}")
-
-
-def transcript(messages: list[dict]) -> str:
-    """A plain User/Assistant transcript ending where the assistant speaks next."""
-    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-    return "\n".join(lines) + "\nAssistant:"
 
 
 def restrict(vec: ControlVector, layers: tuple[int, int] | None) -> ControlVector:

@@ -46,6 +46,16 @@ def export_dir(sha256: str, precision: str) -> Path:
     return home() / "exports" / model_key(sha256) / precision
 
 
+EXPORT_PRECISIONS = ("fp32", "int8")
+EXPORT_MANIFEST = "manifest.json"           # written last: an export without it is incomplete
+
+
+def exports(sha256: str) -> list[Path]:
+    """A model's complete exports, one directory per precision."""
+    return [d for d in (export_dir(sha256, p) for p in EXPORT_PRECISIONS)
+            if (d / EXPORT_MANIFEST).is_file()]
+
+
 def exports_root(sha256: str) -> Path:
     return home() / "exports" / model_key(sha256)
 

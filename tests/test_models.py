@@ -90,6 +90,30 @@ def test_models_json_lists_presence(default_gguf):
     assert rows["gpt2"]["offline"] is False
 
 
+def test_listing_has_one_row_per_card_with_presence_and_complete_exports(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEEMO_HOME", str(tmp_path))
+    card = models.cards()["smollm2-135m-instruct"]
+    store.model_file(card.name).parent.mkdir(parents=True)
+    store.model_file(card.name).write_bytes(b"GGUF")
+    for precision, complete in (("fp32", False), ("int8", True)):
+        out = store.export_dir(card.sha256, precision)
+        out.mkdir(parents=True)
+        (out / ("manifest.json" if complete else "model.onnx")).write_text("{}")
+    rows = models.listing()
+    assert [r["name"] for r in rows] == list(models.cards())
+    for row, c in zip(rows, models.cards().values()):
+        assert (row["family"], row["architecture"], row["kind"], row["n_layer"], row["n_embd"],
+                row["source"], row["offline"], row["default"], row["licence"]) == \
+            (c.family, c.architecture, c.kind, c.n_layer, c.n_embd, c.source["type"], c.offline,
+             c.default, c.licence)
+        assert row["sha256"] == (c.sha256 or None) and row["size"] == (c.size or None)
+        assert row["path"] == str(tmp_path / "models" / f"{c.name}.gguf")
+        assert row["present"] is (c.name == card.name)
+        assert row["exports"] == (["int8"] if c.name == card.name else [])
+    code, out = run("models", "--json")
+    assert code == 0 and json.loads(out) == {"store": str(tmp_path), "models": rows}
+
+
 def test_pulled_default_model_matches_its_card(default_gguf):
     card = models.cards()["smollm2-135m-instruct"]
     assert default_gguf.stat().st_size == card.size

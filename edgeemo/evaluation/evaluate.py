@@ -70,15 +70,12 @@ class _Replies:
         self.seconds, self.tokens, self.count = 0.0, 0, 0
 
     def __call__(self, scenario: dict, seed: int | None = None) -> dict:
-        t0 = time.perf_counter()
-        ids = list(self.runtime.stream_ids(self.prompts[scenario["id"]],
-                                           seed=self.seed if seed is None else seed,
-                                           **self.options))
-        text = self.runtime.detokenize(ids) if ids else ""
-        seconds = time.perf_counter() - t0
-        self.seconds, self.tokens, self.count = self.seconds + seconds, self.tokens + len(ids), \
-            self.count + 1
-        return {"text": text, "tokens": len(ids), "seconds": round(seconds, 3)}
+        reply = self.runtime.complete_ids(self.prompts[scenario["id"]],
+                                          seed=self.seed if seed is None else seed,
+                                          **self.options)
+        self.seconds, self.tokens, self.count = self.seconds + reply.seconds, \
+            self.tokens + reply.tokens, self.count + 1
+        return {"text": reply.text, "tokens": reply.tokens, "seconds": round(reply.seconds, 3)}
 
 
 def evaluate(model, emotions: Sequence[str], strengths: Sequence[float],

@@ -31,7 +31,7 @@ import numpy as np
 from .. import _llama, check, models
 from ..emotions import EMOTIONS
 from ..errors import EdgeemoError
-from ..steer import prompt_ids
+from ..chatformat import prompt_ids
 from .judgebase import ScoredJudge
 
 LABELS: tuple[str, ...] = (*EMOTIONS, "neutral")

@@ -24,7 +24,8 @@ except ImportError:
 
 from .. import __version__, emotions, export, models
 from ..probe import Probe
-from ..steer import EmotionModel, check_messages, find_vector
+from ..chatformat import check_messages
+from ..steer import EmotionModel, find_vector
 from ..vectors import ControlVector, recommended_strength
 from .job import Job
 from .pool import QueueFull, WorkerPool

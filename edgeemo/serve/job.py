@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import EdgeemoError
 from ..mix import Mix
-from ..steer import EmotionModel
+from ..steer import EmotionModel, finish_reason
 from .pool import WorkerPool
 from .schema import APIError, Sampling
 
@@ -125,7 +125,7 @@ class Job:
         if len(text) > shown or pending:
             self.emit("text", text[shown:], [e for _, e in pending])
         if finish is None:
-            finish = "length" if len(tokens) >= options.max_tokens else "stop"
+            finish = finish_reason(len(tokens), options.max_tokens)
         self.held = self.prompt + (text if isinstance(self.prompt, str) else
                                    [{"role": "assistant", "content": text}])
         return finish, len(tokens)
