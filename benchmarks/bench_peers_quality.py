@@ -155,7 +155,7 @@ OWN_NEGATIVE = ("Act like a person who is emotionally neutral", "You are in a ne
 # --- the inputs both peers read -------------------------------------------------------------------
 
 class ChatText:
-    """The model's chat template as text (what steer.prompt_ids tokenizes), from the GGUF."""
+    """The model's chat template as text (what chatformat.prompt_ids tokenizes), from the GGUF."""
 
     def __init__(self, gguf: str):
         import llama_cpp
@@ -177,7 +177,7 @@ class ChatText:
         """The conversation, ready for the assistant's reply; without a leading BOS (each tool
         adds the BOS itself when the model asks for one)."""
         if self.formatter is None:
-            from edgeemo.steer import transcript
+            from edgeemo.chatformat import transcript
 
             return transcript(messages)
         text = self.formatter(messages=messages).prompt

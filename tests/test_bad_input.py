@@ -675,7 +675,7 @@ def test_damaged_models_through_pull(tmp_path, data):
 # --- output paths ---------------------------------------------------------------------------------
 
 def test_a_bare_word_is_an_emotion_even_if_a_file_has_its_name(tmp_path, monkeypatch):
-    from edgeemo.steer import looks_like_file
+    from edgeemo.mix import looks_like_file
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "calm").write_text("not a vector")
