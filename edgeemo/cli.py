@@ -19,8 +19,8 @@ import click
 from . import __version__, models, writes
 from .chat import HELP, ChatSession, describe_mix
 from .cli_check import check_command
-from .cli_common import (CONTEXT, Group, load_runtime, model_argument, print_json, say,
-                         threads_option)
+from .cli_common import (CONTEXT, Group, json_option, load_runtime, model_argument, print_json,
+                         say, threads_option)
 from .cli_evaluate import calibrate_command, evaluate_command
 from .cli_serve import serve_command
 from .cli_vectors import compare_methods, export_vector, inspect, layers
@@ -49,7 +49,7 @@ def cli(verbose):
 
 
 @cli.command(name="models")
-@click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+@json_option
 def models_command(json_):
     """List known models and which are in the store."""
     rows = models.listing()
@@ -108,14 +108,14 @@ strength_option = click.option("--strength", "-s", type=float,
 seed_option_gen = click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0,
                                show_default=True, help="Sampling seed (same seed, same text).")
 temperature_option = click.option("--temperature", type=click.FloatRange(0, 5), default=0.7,
-                                  show_default=True, callback=lambda ctx, p, v: finite(v, p),
+                                  show_default=True, callback=lambda ctx, p, v: check_finite(v, p),
                                   help="0 = greedy.")
 steer_prompt_option = click.option("--steer-prompt", is_flag=True,
                                    help="Steer the prompt's tokens too, as stock llama.cpp does "
                                         "(default: only the reply, which keeps it on the request).")
 
 
-def finite(value, param):
+def check_finite(value, param):
     import math
 
     if value is not None and not math.isfinite(value):
@@ -154,7 +154,7 @@ def mix_from(spec: str | None, strength: float | None):
 @click.option("--compare", is_flag=True, help="Print the unsteered and steered replies side by side.")
 @steer_prompt_option
 @threads_option
-@click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+@json_option
 def generate(prompt, model, emotion_spec, strength, max_tokens, seed, temperature, compare,
              steer_prompt, threads, json_):
     """One steered reply to a prompt.
@@ -312,7 +312,7 @@ def show_reply(session, line: str) -> None:
 @cli.command()
 @click.argument("text")
 @model_argument
-@click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+@json_option
 def probe(text, model, json_):
     """The emotion readout of a text: its hidden states projected onto the emotion vectors."""
     from .probe import Probe

@@ -42,16 +42,18 @@ def say(message: str) -> None:
 
 def print_json(data) -> None:
     """One JSON document on stdout; a non-finite number is written as null (JSON has no NaN)."""
-    click.echo(json.dumps(finite(data), indent=2, sort_keys=True, allow_nan=False))
+    click.echo(json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False,
+                          ensure_ascii=False))
 
 
-def finite(data):
+def json_safe(data):
+    """``data`` with every non-finite float replaced by None (JSON has no NaN or infinity)."""
     if isinstance(data, float):
         return data if math.isfinite(data) else None
     if isinstance(data, dict):
-        return {k: finite(v) for k, v in data.items()}
+        return {k: json_safe(v) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
-        return [finite(v) for v in data]
+        return [json_safe(v) for v in data]
     return data
 
 

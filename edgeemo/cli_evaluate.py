@@ -7,13 +7,11 @@ main group prints as one line.
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from . import models, store, writes
-from .cli_common import (Progress, emotion_list, load_runtime, model_argument, say,
-                         threads_option)
+from .cli_common import (Progress, emotion_list, json_option, load_runtime, model_argument,
+                         print_json, say, threads_option)
 from .errors import EdgeemoError, VectorNotFound, require
 
 DEFAULT_JUDGES = "llm"
@@ -158,7 +156,7 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, margin_s
         paths = write_report(result, report_dir)
         say(f"report written to {paths['markdown']}")
     if json_:
-        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        print_json(result)
         return
     print_summary(result)
 
@@ -290,7 +288,7 @@ def _pct(x) -> str:
 @click.option("--prebuilt", is_flag=True, help="Rewrite the prebuilt vectors shipped in the "
                                                "repository's vectors/<model>/ instead of the store's.")
 @click.option("--dry-run", is_flag=True, help="Report the chosen strengths; write no file.")
-@click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+@json_option
 @threads_option
 def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, max_tokens,
                       verify_spec, judge, vector_dir, prebuilt, dry_run, json_, threads):
@@ -363,7 +361,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
             info["written"] = str(calibration.apply_calibration(sources[name], info["strength"],
                                                                 info, output=target))
     if json_:
-        click.echo(json.dumps(chosen, indent=2))
+        print_json(chosen)
         return
     click.echo(f"{'emotion':14} {'strength':>8} {'success':>8} {'surgical':>8}  window")
     for name, info in chosen.items():

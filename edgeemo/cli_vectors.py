@@ -163,7 +163,7 @@ def export_vector(emotion, all_, model, method, layer_spec, strength, stimuli_fi
 
 @click.command()
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+@json_option
 def inspect(path, json_):
     """Show a control vector's layers, norms and edgeemo metadata."""
     from .vectors import ControlVector
