@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from . import models, store, writes
+from . import models
 from .cli_common import (Progress, emotion_list, json_option, load_runtime, model_argument,
                          print_json, say, threads_option)
 from .errors import EdgeemoError, VectorNotFound, require
@@ -308,9 +308,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
       edgeemo calibrate --emotions all --prebuilt
     """
     require("eval", "empath", "vaderSentiment")
-    from .evaluation import calibration
-    from .evaluation import prompts
-    from .steer import find_vector
+    from .evaluation import calibration, prompts
 
     names = emotion_list(emotion_spec)
     strengths = _strengths(strength_spec)
@@ -324,42 +322,17 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
         from .evaluation.llmjudge import pick_judge_model
 
         pick_judge_model(runtime.model, progress=say)
-    # evaluate the very files that will be rewritten
-    sources = runtime.load_vectors(vector_dir, names) if vector_dir else {}
-    for name in names if not vector_dir else ():
-        if prebuilt:
-            if runtime.model.card is None:
-                raise EdgeemoError(f"{runtime.model.name} is a local file: it has no prebuilt "
-                                   f"vectors; calibrate the store's without --prebuilt")
-            path = models.shipped_dir("vectors") / runtime.model.card.name / f"{name}.gguf"
-            if not path.is_file():
-                raise EdgeemoError(f"no prebuilt '{name}' vector at {path}: build them with "
-                                   f"scripts/build_vectors.py")
-        else:
-            path = find_vector(runtime.model, name)
-            if path is None:
-                raise EdgeemoError(f"no '{name}' vector for {runtime.model.name}: make one with "
-                                   f"`edgeemo export-vector --emotion {name}`")
-        sources[name] = path
-        runtime.vectors[name] = runtime.vector(str(path))
-    store_dir = store.vector_dir(runtime.model.sha256)
+    # the very files that will be rewritten are the ones evaluated
+    sources = calibration.vector_sources(runtime, names, prebuilt=prebuilt, vector_dir=vector_dir)
     if judge == "tone" and any(runtime.vectors[n].metadata.get("method") == "dialogue"
                                for n in names):
         say("note: the tone readers are made from the replies dialogue vectors are made from, "
             "so they do not judge these independently (scripts/dialogue_crossfit.py judges them "
             "cross-fit)")
-    chosen = calibration.calibrate(runtime, names, strengths, scenarios, seed=seed,
-                                   max_tokens=max_tokens, judge=judge, verify=verify,
-                                   progress=Progress())
-    with writes.transaction():          # every calibrated file, or (interrupted) none
-        for name, info in chosen.items():
-            info["source"] = str(sources[name])
-            if info["strength"] is None or dry_run:
-                info["written"] = None
-                continue
-            target = sources[name] if (prebuilt or vector_dir) else store_dir / f"{name}.gguf"
-            info["written"] = str(calibration.apply_calibration(sources[name], info["strength"],
-                                                                info, output=target))
+    chosen = calibration.calibrate_vectors(runtime, names, strengths, scenarios, prebuilt=prebuilt,
+                                           vector_dir=vector_dir, dry_run=dry_run,
+                                           sources=sources, seed=seed, max_tokens=max_tokens,
+                                           judge=judge, verify=verify, progress=Progress())
     if json_:
         print_json(chosen)
         return

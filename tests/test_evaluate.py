@@ -464,6 +464,36 @@ def test_calibrate_one_emotion_writes_the_chosen_strength(runtime, tmp_path):
 
 
 @pytest.mark.slow
+def test_calibrate_vectors_rewrites_the_files_it_evaluated_in_place_or_not_at_all(runtime,
+                                                                                  tmp_path):
+    import shutil
+
+    from edgeemo.steer import find_vector
+    from edgeemo.vectors import ControlVector
+
+    shutil.copy(find_vector(runtime.model, EMOTION), tmp_path / f"{EMOTION}.gguf")
+    before = (tmp_path / f"{EMOTION}.gguf").read_bytes()
+    options = dict(strengths=(0.03,), scenarios=prompts.select_scenarios(1), judge="both",
+                   max_tokens=16, verify=[])
+    try:
+        dry = calibration.calibrate_vectors(runtime, [EMOTION], vector_dir=tmp_path,
+                                            dry_run=True, **options)
+        assert dry[EMOTION]["written"] is None
+        assert (tmp_path / f"{EMOTION}.gguf").read_bytes() == before
+        done = calibration.calibrate_vectors(runtime, [EMOTION], vector_dir=tmp_path, **options)
+    finally:
+        runtime.vectors.pop(EMOTION, None)
+    info = done[EMOTION]
+    assert info["source"] == str(tmp_path / f"{EMOTION}.gguf")
+    if info["strength"] is None:                     # 0.03 left the window: nothing written
+        assert info["written"] is None and (tmp_path / f"{EMOTION}.gguf").read_bytes() == before
+    else:
+        assert info["written"] == info["source"]
+        vec = ControlVector.from_gguf(tmp_path / f"{EMOTION}.gguf")
+        assert vec.metadata["calibrated"] is True and vec.metadata["strength"] == 0.03
+
+
+@pytest.mark.slow
 def test_calibrate_with_cross_fit_tone_readers(runtime):
     """Calibration judged by other readers (here: a tone reader made from half of the dialogue
     requests), on everyday requests, with the on-task window."""

@@ -1,6 +1,6 @@
 """Calibration: per emotion, the strength at which steering works and the text survives.
 
-    from edgeemo.evaluation.calibration import calibrate, apply_calibration
+    from edgeemo.evaluation.calibration import calibrate, apply_calibration, calibrate_vectors
     chosen = calibrate(EmotionModel(), ["afraid"])            # evaluate 5 strengths x 8 scenarios
     apply_calibration("afraid.gguf", chosen["afraid"]["strength"], chosen["afraid"])
 
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import models, store, writes
 from ..errors import EdgeemoError
+from ..steer import find_vector
 from ..vectors import ControlVector, at_strength
 from .evaluate import _load_runtime, evaluate
 from .prompts import calibration_prompts, select_scenarios
@@ -252,3 +254,57 @@ def apply_calibration(vector_path: Path | str, strength: float, info: dict | Non
     }
     extra = {k: (float(v) if isinstance(v, float) else v) for k, v in extra.items() if v is not None}
     return at_strength(vec, strength, calibrated=True, **extra).to_gguf(output or vector_path)
+
+
+def vector_sources(runtime, names: Sequence[str], *, prebuilt: bool = False,
+                   vector_dir: Path | str | None = None) -> dict[str, Path]:
+    """The files a calibration reads (and rewrites, for ``prebuilt`` and ``vector_dir``), loaded
+    into ``runtime`` so that the very files to be rewritten are the ones evaluated: the
+    directory's ``<emotion>.gguf``, the repository's prebuilt ones, or the store's (else the
+    prebuilt ones, as ``chat`` finds them)."""
+    if vector_dir:
+        return runtime.load_vectors(vector_dir, names)
+    sources = {}
+    for name in names:
+        if prebuilt:
+            if runtime.model.card is None:
+                raise EdgeemoError(f"{runtime.model.name} is a local file: it has no prebuilt "
+                                   f"vectors; calibrate the store's without --prebuilt")
+            path = models.shipped_dir("vectors") / runtime.model.card.name / f"{name}.gguf"
+            if not path.is_file():
+                raise EdgeemoError(f"no prebuilt '{name}' vector at {path}: build them with "
+                                   f"scripts/build_vectors.py")
+        else:
+            path = find_vector(runtime.model, name)
+            if path is None:
+                raise EdgeemoError(f"no '{name}' vector for {runtime.model.name}: make one with "
+                                   f"`edgeemo export-vector --emotion {name}`")
+        sources[name] = path
+        runtime.vectors[name] = runtime.vector(str(path))
+    return sources
+
+
+def calibrate_vectors(runtime, names: Sequence[str], strengths: Sequence[float],
+                      scenarios: Sequence[dict], *, prebuilt: bool = False,
+                      vector_dir: Path | str | None = None, dry_run: bool = False,
+                      sources: dict[str, Path] | None = None, **options) -> dict:
+    """Calibrate the vectors of ``names`` (:func:`calibrate`, with ``options``) and write each
+    chosen strength into its file (:func:`apply_calibration`): in place for ``prebuilt`` and
+    ``vector_dir``, else into the store, where ``chat`` finds it first. Every file is written,
+    or (interrupted) none; nothing with ``dry_run``. ``sources``: what :func:`vector_sources`
+    returned, when the caller looked at the vectors first. Returns calibrate's entries with
+    ``source`` and ``written`` (None when nothing was written)."""
+    if sources is None:
+        sources = vector_sources(runtime, names, prebuilt=prebuilt, vector_dir=vector_dir)
+    chosen = calibrate(runtime, names, strengths, scenarios, **options)
+    store_dir = store.vector_dir(runtime.model.sha256)
+    with writes.transaction():
+        for name, info in chosen.items():
+            info["source"] = str(sources[name])
+            if info["strength"] is None or dry_run:
+                info["written"] = None
+                continue
+            target = sources[name] if (prebuilt or vector_dir) else store_dir / f"{name}.gguf"
+            info["written"] = str(apply_calibration(sources[name], info["strength"], info,
+                                                    output=target))
+    return chosen
