@@ -79,7 +79,7 @@ def pull(model, force):
     if resolved.card is None:
         click.echo(f"{resolved.path} is a local file; nothing to pull")
         return
-    path = models.pull(resolved.card, force=force, progress=say)
+    path = models.pull(resolved.card, force=force, say=say)
     click.echo(path)
 
 
@@ -92,8 +92,8 @@ def export_model(model, precision, force):
     """Export a GGUF model to ONNX with every layer's hidden state (needs the export extra)."""
     from . import export
 
-    resolved = models.ensure(model, progress=say)
-    out = export.export_model(resolved, precision, force=force, progress=say)
+    resolved = models.ensure(model, say=say)
+    out = export.export_model(resolved, precision, force=force, say=say)
     click.echo(out)
 
 
@@ -236,7 +236,7 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
     if monitor:
         from .probe import Probe
 
-        probe = Probe(runtime.model, progress=say)
+        probe = Probe(runtime.model, say=say)
     session = ChatSession(runtime, system=system, seed=seed, max_tokens=max_tokens,
                           temperature=temperature, probe=probe)
     if mix:
@@ -319,7 +319,7 @@ def probe(text, model, json_):
 
     if not text.strip():
         raise click.UsageError("the text is empty: give some text to read")
-    ranked = Probe(models.ensure(model, progress=say), progress=say).scores([text])[0]
+    ranked = Probe(models.ensure(model, say=say), say=say).scores([text])[0]
     if json_:
         print_json({"text": text, "ranking": [{"emotion": n, "score": round(s, 4)}
                                               for n, s in ranked]})

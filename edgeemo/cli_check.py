@@ -27,7 +27,7 @@ def check_command(model, json_, threads, no_parity):
     """
     from . import check
 
-    resolved = models.ensure(model, progress=say)
+    resolved = models.ensure(model, say=say)
     report = check.check(resolved, threads=threads, parity_check=not no_parity)
     if json_:
         print_json(report)

@@ -102,6 +102,6 @@ def load_runtime(model, seed: int = 0, threads: int | None = None, n_ctx: int = 
     """The model in llama.cpp, pulled first if it is a card not yet in the store."""
     from .steer import EmotionModel        # loads llama.cpp: only for the commands that chat
 
-    resolved = models.ensure(model, progress=say)
+    resolved = models.ensure(model, say=say)
     say("loading the model")
     return EmotionModel(resolved, seed=seed, threads=threads, n_ctx=n_ctx)

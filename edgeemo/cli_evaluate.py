@@ -136,7 +136,7 @@ def evaluate_command(model, emotion_spec, strength_spec, scenario_spec, margin_s
     if "llm" in judges:                  # pulled now, with word of it, not silently mid-run
         from .evaluation.llmjudge import pick_judge_model
 
-        pick_judge_model(runtime.model, judge_model, progress=say)
+        pick_judge_model(runtime.model, judge_model, say=say)
     if vector_dir:
         use_vectors(runtime, names, vector_dir)
     say(f"{len(names)} emotions × {len(strengths)} strengths × {len(scenarios)} prompts × "
@@ -321,7 +321,7 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
     if judge == "llm":
         from .evaluation.llmjudge import pick_judge_model
 
-        pick_judge_model(runtime.model, progress=say)
+        pick_judge_model(runtime.model, say=say)
     # the very files that will be rewritten are the ones evaluated
     sources = calibration.vector_sources(runtime, names, prebuilt=prebuilt, vector_dir=vector_dir)
     if judge == "tone" and any(runtime.vectors[n].metadata.get("method") == "dialogue"

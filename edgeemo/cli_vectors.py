@@ -50,7 +50,7 @@ def layers(model, method, pooling, seed, json_, plot):
 
     if plot:
         require("eval", "matplotlib")
-    resolved = models.ensure(model, progress=say)
+    resolved = models.ensure(model, say=say)
     _, report = make.layer_report(resolved, method, pooling=pooling, seed=seed,
                                   progress=Progress(), say=say)
     if plot:
@@ -73,7 +73,7 @@ def compare_methods(model, seed, json_):
     from . import make
 
     require("eval", "scipy")
-    result = make.compare_methods(models.ensure(model, progress=say), seed=seed,
+    result = make.compare_methods(models.ensure(model, say=say), seed=seed,
                                   progress=Progress(), say=say)
     if json_:
         print_json(result)
@@ -152,7 +152,7 @@ def export_vector(emotion, all_, model, method, layer_spec, strength, stimuli_fi
                    stimuli_file=stimuli_file)                               # before slow work
     if output is not None:
         check_output(output, directory=all_)
-    resolved = models.ensure(model, progress=say)
+    resolved = models.ensure(model, say=say)
     paths = make_vectors(resolved, None if all_ else [emotion], method=method, layers=layers,
                          strength=strength, stimuli_file=stimuli_file, pooling=pooling,
                          baseline=baseline, denoise=denoise, seed=seed, output=output,

@@ -71,11 +71,12 @@ def exports(model: Model) -> list[Path]:
     return store.exports(model.sha256)
 
 
-def export_model(model: Model, precision: str = "fp32", *, force: bool = False, progress=None) -> Path:
+def export_model(model: Model, precision: str = "fp32", *, force: bool = False,
+                 say=None) -> Path:
     """Export ``model`` (present in the store or a local path) and return its export directory."""
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
-    say = progress or (lambda msg: None)
+    say = say or (lambda msg: None)
     info = gguf_info(model.path)
     sha = model.sha256
     out = store.export_dir(sha, precision)

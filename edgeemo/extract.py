@@ -255,7 +255,7 @@ def activations(model: models.Model, method: str = "dialogue", *,
     path = store.cache_dir("activations", model.sha256) / f"{digest}.npz"
     if path.is_file():
         return load_activations(path)
-    reader = HiddenStateReader(export.export_model(model, precision, progress=say))
+    reader = HiddenStateReader(export.export_model(model, precision, say=say))
     if method == "comprehension":
         acts = comprehension(reader, texts, pooling=pooling, progress=progress)
     elif method == "dialogue":

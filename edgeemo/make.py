@@ -229,7 +229,7 @@ def layer_report(model: Model, method: str, *, pooling: str = "mean", seed: int 
     import json
 
     acts = activations_for(model, method, pooling=pooling, seed=seed, progress=progress, say=say)
-    reader = HiddenStateReader(export_model(model, progress=say))
+    reader = HiddenStateReader(export_model(model, say=say))
     facts, _ = extract.read_pooled(reader, stimuli.neutral_facts(), acts.layers, pooling=pooling)
     report = analysis.layer_report(acts, facts)
     writes.write_text(report_path(model, method), json.dumps(report, indent=2))

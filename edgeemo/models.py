@@ -206,12 +206,12 @@ def load_failed(model: Model, exc: Exception) -> ModelFileError:
                           if str(exc) else "llama.cpp could not load it")
 
 
-def ensure(name: str | None = None, *, progress=None) -> Model:
+def ensure(name: str | None = None, *, say=None) -> Model:
     """Resolve a model and pull it if it is a card that is not in the store yet; a model in the
     store is checked (:func:`check_present`)."""
     model = resolve(name)
     if not model.present and model.card is not None:
-        pull(model.card, progress=progress)
+        pull(model.card, say=say)
     elif model.present and model.card is not None:
         check_present(model)
     return model
@@ -219,13 +219,13 @@ def ensure(name: str | None = None, *, progress=None) -> Model:
 
 # --- fetching ---------------------------------------------------------------------------------
 
-def pull(card: Card, *, force: bool = False, progress=None) -> Path:
+def pull(card: Card, *, force: bool = False, say=None) -> Path:
     """Fetch a card's GGUF into the store; a model already there is checked against its sha256.
 
     One process pulls a model at a time: a second one waits, then finds the file in place.
     """
     final = store_path(card)
-    say = progress or (lambda msg: None)
+    say = say or (lambda msg: None)
     if final.is_file() and not force:
         verify(card, final, say)
         return final

@@ -21,7 +21,7 @@ from .vectors import ControlVector, hidden_state_index
 
 
 class Probe:
-    def __init__(self, model: models.Model, *, names: list[str] | None = None, progress=None):
+    def __init__(self, model: models.Model, *, names: list[str] | None = None, say=None):
         self.model = model
         self.vectors: dict[str, ControlVector] = {}
         for name in names or emotions.EMOTIONS:
@@ -31,7 +31,7 @@ class Probe:
         if len(self.vectors) < 2:
             raise EdgeemoError(f"the probe needs emotion vectors for {model.name}: make them with "
                                f"`edgeemo export-vector --all --model {model.name}`")
-        self.reader = HiddenStateReader(export_model(model, progress=progress), notice=progress)
+        self.reader = HiddenStateReader(export_model(model, say=say), notice=say)
         self.layers = sorted({hidden_state_index(n) for v in self.vectors.values()
                               for n in v.directions})
         self.reference = self.reference_mean()                            # (L, d)

@@ -120,10 +120,10 @@ class LLMJudge(ScoredJudge):
 
 
 def pick_judge_model(steered, wanted: str | None = None,
-                     candidates: tuple[str, ...] = JUDGE_MODELS, *, progress=None) -> models.Model:
+                     candidates: tuple[str, ...] = JUDGE_MODELS, *, say=None) -> models.Model:
     """The judge model: ``wanted`` if given (never the steered model itself), else the first of
     ``candidates`` that is not the steered model. Pulled into the store if it is not there
-    (``progress(message)`` hears about the download)."""
+    (``say(message)`` hears about the download)."""
     steered_sha = None
     if steered is not None:
         steered_sha = steered.sha256 if isinstance(steered, models.Model) else None
@@ -136,7 +136,7 @@ def pick_judge_model(steered, wanted: str | None = None,
                 raise EdgeemoError(f"the judge model {name} is the steered model itself: a model "
                                    f"cannot judge its own steering; choose another judge model")
             continue
-        return models.ensure(name, progress=progress)
+        return models.ensure(name, say=say)
     raise EdgeemoError("no judge model is left that is not the steered model itself")
 
 

