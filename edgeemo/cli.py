@@ -19,8 +19,8 @@ import click
 from . import __version__, models, writes
 from .chat import HELP, ChatSession, describe_mix
 from .cli_check import check_command
-from .cli_common import (CONTEXT, Group, json_option, load_runtime, model_argument, print_json,
-                         say, threads_option)
+from .cli_common import (CONTEXT, Group, Progress, json_option, load_runtime, model_argument,
+                         print_json, say, threads_option)
 from .cli_evaluate import calibrate_command, evaluate_command
 from .cli_serve import serve_command
 from .cli_vectors import compare_methods, export_vector, inspect, layers
@@ -236,7 +236,7 @@ def chat(model, emotion_spec, strength, system, seed, max_tokens, temperature, m
     if monitor:
         from .probe import Probe
 
-        probe = Probe(runtime.model, say=say)
+        probe = Probe(runtime.model, say=say, progress=Progress())
     session = ChatSession(runtime, system=system, seed=seed, max_tokens=max_tokens,
                           temperature=temperature, probe=probe)
     if mix:
@@ -319,7 +319,8 @@ def probe(text, model, json_):
 
     if not text.strip():
         raise click.UsageError("the text is empty: give some text to read")
-    ranked = Probe(models.ensure(model, say=say), say=say).scores([text])[0]
+    ranked = Probe(models.ensure(model, say=say), say=say,
+                   progress=Progress()).scores([text])[0]
     if json_:
         print_json({"text": text, "ranking": [{"emotion": n, "score": round(s, 4)}
                                               for n, s in ranked]})

@@ -21,8 +21,13 @@ from .vectors import ControlVector, hidden_state_index
 
 
 class Probe:
-    def __init__(self, model: models.Model, *, names: list[str] | None = None, say=None):
+    """``say(message)`` hears about the export and the one-time reading of the reference texts,
+    which ``progress(label, done, total)`` follows text by text."""
+
+    def __init__(self, model: models.Model, *, names: list[str] | None = None, say=None,
+                 progress=None):
         self.model = model
+        self.say, self.progress = say, progress
         self.vectors: dict[str, ControlVector] = {}
         for name in names or emotions.EMOTIONS:
             path = find_vector(model, name)
@@ -54,7 +59,10 @@ class Probe:
         path = store.cache_dir("probe", self.model.sha256) / f"reference-{key}.npy"
         if path.is_file():
             return np.load(path)
-        states, _ = read_pooled(self.reader, texts, self.layers)
+        if self.say:
+            self.say(f"reading the probe's {len(texts)} reference texts (once for this model)")
+        states, _ = read_pooled(self.reader, texts, self.layers, label="probe reference",
+                                progress=self.progress)
         mean = states.mean(0)
         with writes.atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, mean)

@@ -315,6 +315,22 @@ def test_probe_ranks_unseen_emotional_texts_near_the_top(default_export):
     assert hits / total >= 0.5
 
 
+def test_the_first_probe_says_what_it_reads_and_follows_it(default_export, tmp_path, monkeypatch):
+    from edgeemo import store
+    from edgeemo.probe import Probe
+
+    monkeypatch.setattr(store, "cache_dir", lambda *parts: tmp_path)    # no cached reference
+    few = stimuli.comprehension()["neutral"][:4]                         # (120 in real use)
+    monkeypatch.setattr(Probe, "reference_texts", lambda self: few)
+    said, steps = [], []
+    probe = Probe(models.resolve("smollm2-135m-instruct"), say=said.append,
+                  progress=lambda label, done, total: steps.append((label, done, total)))
+    n = len(probe.reference_texts())
+    assert any(f"{n} reference texts" in m for m in said)
+    assert steps[-1] == ("probe reference", n, n) and len(steps) == n
+    assert list(tmp_path.glob("reference-*.npy"))                       # and it is kept
+
+
 def test_probe_cli(default_export):
     result = invoke("probe", "My hands shook as the footsteps came closer in the dark.", "--json")
     assert result.exit_code == 0, result.output
