@@ -296,18 +296,9 @@ def orient(raw: Path, mean: Path, target: Path) -> list[int]:
 
 def write_foreign(path: Path, model_hint: str, directions: dict) -> None:
     """A control vector in llama.cpp's format, as its tools write it (no edgeemo metadata)."""
-    import gguf
-    import numpy as np
+    from edgeemo import vectorfile
 
-    writer = gguf.GGUFWriter(str(path), "controlvector")
-    writer.add_string("controlvector.model_hint", model_hint or "")
-    writer.add_uint32("controlvector.layer_count", len(directions))
-    for layer in sorted(directions):
-        writer.add_tensor(f"direction.{layer}", np.asarray(directions[layer], dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    vectorfile.write(path, model_hint or "", directions, {})
 
 
 def make_repeng(gguf_path: str, pairs: dict, out_dir: str, threads: int) -> dict:
