@@ -159,6 +159,41 @@ def test_dialogue_reads_only_the_replies_and_pairs_them(default_export):
     np.testing.assert_allclose(analysis.directions(acts)["afraid"], paired, rtol=1e-4, atol=1e-3)
 
 
+def test_the_default_recipe_follows_the_texts(tmp_path):
+    from edgeemo.make import check_settings, recipe
+
+    assert recipe(["afraid", "calm"]) == "dialogue"
+    assert recipe(["nostalgia"]) == "generation"               # no shipped texts name it
+    dialogue = tmp_path / "d.jsonl"
+    dialogue.write_text('{"request": "Hi", "emotion": "afraid", "text": "Oh no."}\n')
+    vignettes = tmp_path / "v.jsonl"
+    vignettes.write_text('{"emotion": "afraid", "text": "The door creaked."}\n')
+    assert recipe(["afraid"], dialogue) == "dialogue" and recipe(["afraid"], vignettes) == \
+        "comprehension"
+    plan = check_settings(["fear"])
+    assert (plan.method, plan.baseline, plan.strength) == ("dialogue", None, None)
+    with pytest.raises(EdgeemoError, match="grand baseline"):
+        check_settings(["nostalgia"], baseline="grand")
+
+
+@pytest.mark.slow
+def test_the_default_vector_is_the_kind_that_ships_at_its_strength(default_export, tmp_path):
+    from edgeemo.make import make_vectors
+    from edgeemo.vectors import ControlVector
+
+    model = models.resolve("smollm2-135m-instruct")
+    [path] = make_vectors(model, ["fear"], output=tmp_path / "fear.gguf")
+    made = ControlVector.from_gguf(path).metadata
+    shipped = ControlVector.from_gguf(models.shipped_dir("vectors") / model.card.name /
+                                      "afraid.gguf").metadata
+    assert (made["method"], made["baseline"]) == ("dialogue", "grand")
+    assert made["layers"] == shipped["layers"] and made["strength"] == shipped["strength"]
+    assert made["strength_from"] == "prebuilt afraid.gguf"
+    [path] = make_vectors(model, ["fear"], strength=0.05, output=tmp_path / "asked.gguf")
+    asked = ControlVector.from_gguf(path).metadata
+    assert asked["strength"] == 0.05 and "strength_from" not in asked
+
+
 @pytest.mark.slow
 def test_dialogue_vectors_come_from_the_library(default_export, tmp_path):
     from edgeemo.make import make_vectors
