@@ -292,25 +292,19 @@ def transaction():
     if getattr(_local, "writes", None) is not None:     # nested: the outer one commits
         yield
         return
-    _local.writes = writes = []
+    writes = []
     try:
+        _local.writes = writes
         yield
-    except BaseException:
-        _local.writes = None
-        with uninterrupted():
-            for tmp, _, _ in writes:
-                _remove(tmp)
-        raise
-    _local.writes = None
-    guard = lock("commit") if any(in_store(final) for _, final, _ in writes) \
-        else contextlib.nullcontext()
-    try:
+        guard = lock("commit") if any(in_store(final) for _, final, _ in writes) \
+            else contextlib.nullcontext()
         with guard, store_errors(writes[0][1] if writes else home()), uninterrupted():
             while writes:
                 tmp, final, directory = writes[0]
                 _commit(tmp, final, directory)
                 writes.pop(0)
-    finally:
+    finally:                             # interrupted or failed: nothing of the set is kept
+        _local.writes = None
         with uninterrupted():
             for tmp, _, _ in writes:
                 _remove(tmp)

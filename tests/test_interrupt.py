@@ -15,6 +15,10 @@ for the first where a write is exclusive and reuses its result, and the store is
 
 from __future__ import annotations
 
+import contextlib
+import dis
+import gc
+import itertools
 import json
 import os
 import random
@@ -355,3 +359,76 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path, monkeypatch)
     writes.write_text(tmp_path / "reports" / "r.json", "{}")
     assert not any(p.exists() for p in stale + [legacy]) and live.exists()
     assert not writes.is_temporary("afraid.gguf") and writes.is_temporary(live.name)
+
+
+def signal_points(code) -> set[int]:
+    """The offsets in ``code`` where CPython runs a pending signal's handler: a function's start
+    (RESUME), a backward jump, and the instruction after a call."""
+    points, after_call = set(), False
+    for ins in dis.get_instructions(code):
+        if after_call or ins.opname in ("RESUME", "JUMP_BACKWARD"):
+            points.add(ins.offset)
+        after_call = ins.opname.startswith("CALL")
+    return points
+
+
+# A signal landing inside filelock's finaliser is reported by Python as ignored; not ours to test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_at_any_moment_of_a_transaction_leaves_before_or_after(tmp_path, monkeypatch):
+    """Deliver SIGTERM, through the real handler (so a commit holds it back), at each moment in
+    turn where Python would run it while three files are written in one transaction; check
+    each time that the directory holds all three or none, and no temporary name, and that the
+    next transaction still commits (nothing of the interrupted one is left behind)."""
+    monkeypatch.setenv("EDGEEMO_HOME", str(tmp_path))
+    watched = {writes.__file__, contextlib.__file__, __file__}
+    names = ["a.txt", "b.txt", "c.txt"]
+    points: dict = {}
+
+    def write_three(directory: Path) -> None:
+        with writes.transaction():
+            for name in names:
+                writes.write_text(directory / name, name)
+
+    interrupted = 0
+    gc.collect()
+    gc.disable()                       # no finaliser runs at a random moment in between
+    try:
+        for target in itertools.count(1):
+            directory = tmp_path / f"run-{target}"
+            directory.mkdir()
+            seen = 0
+
+            def trace(frame, event, arg):
+                nonlocal seen
+                if frame.f_code.co_filename not in watched:
+                    return None
+                frame.f_trace_opcodes = True
+                if event == "opcode":
+                    code = frame.f_code
+                    if code not in points:
+                        points[code] = signal_points(code)
+                    if frame.f_lasti in points[code]:
+                        seen += 1
+                        if seen == target:
+                            sys.settrace(None)
+                            writes.on_signal(signal.SIGTERM, frame)
+                return trace
+
+            with writes.signals_handled():
+                try:
+                    sys.settrace(trace)
+                    write_three(directory)
+                except writes.Terminated:
+                    interrupted += 1
+                finally:
+                    sys.settrace(None)
+            left = sorted(p.name for p in directory.iterdir())
+            assert left in ([], names), (target, left)
+            if seen < target:                      # ran to the end without reaching the target
+                assert left == names
+                break
+    finally:
+        gc.enable()
+    assert interrupted > 100, interrupted
+    write_three(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.txt")) == names
