@@ -18,7 +18,9 @@ Needs the ``export`` extra (transformers, optimum-onnx, torch); the rest of edge
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -77,29 +79,56 @@ def export_model(model: Model, precision: str = "fp32", *, force: bool = False,
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
     say = say or (lambda msg: None)
-    info = gguf_info(model.path)
     sha = model.sha256
     out = store.export_dir(sha, precision)
-    if current(out, precision) and not force:      # no torch needed to reuse an export
+    if current(out, precision) and not force:      # no torch, no GGUF parse to reuse an export
         say(f"using the cached export in {out}")
         return out
-    if (out / MANIFEST).is_file() and not force:
-        say(f"the int8 export in {out} was quantized the older way; exporting it again")
-    require_export_extra()
-    supported = supported_architectures()
-    if info["architecture"] not in supported:
-        raise UnsupportedArchitecture(
-            f"{model.path.name} has architecture '{info['architecture']}', which transformers "
-            f"cannot load from GGUF; supported: {', '.join(supported)}")
-    # One process exports a model at a time; a second one waits, then reuses the export.
-    with writes.lock(f"export-{store.model_key(sha)}-{precision}",
-                    what=f"exporting {model.name} ({precision})", say=say):
-        if current(out, precision) and not force:
-            say(f"using the export another process made in {out}")
-            return out
-        with writes.atomic_path(out, directory=True) as tmp:
-            export_onnx(model, info, sha, precision, tmp, say)
+    with one_gguf_reader():
+        info = gguf_info(model.path)
+        if (out / MANIFEST).is_file() and not force:
+            say(f"the int8 export in {out} was quantized the older way; exporting it again")
+        require_export_extra()
+        supported = supported_architectures()
+        if info["architecture"] not in supported:
+            raise UnsupportedArchitecture(
+                f"{model.path.name} has architecture '{info['architecture']}', which transformers "
+                f"cannot load from GGUF; supported: {', '.join(supported)}")
+        # One process exports a model at a time; a second one waits, then reuses the export.
+        with writes.lock(f"export-{store.model_key(sha)}-{precision}",
+                        what=f"exporting {model.name} ({precision})", say=say):
+            if current(out, precision) and not force:
+                say(f"using the export another process made in {out}")
+                return out
+            with writes.atomic_path(out, directory=True) as tmp:
+                export_onnx(model, info, sha, precision, tmp, say)
     return out
+
+
+@contextlib.contextmanager
+def one_gguf_reader():
+    """Within the block, the GGUF file is parsed once: every ``gguf.GGUFReader(path)`` call,
+    transformers' too (it reads the header for the config, again for the tokenizer and again
+    for the tokenizer's config), returns the first reader of that path. A header with a
+    150,000-token vocabulary takes seconds to parse, and an export read it five times."""
+    import gguf
+
+    made = gguf.GGUFReader
+    readers: dict = {}
+
+    def reader(path, mode="r"):
+        if mode != "r":
+            return made(path, mode)
+        key = os.path.realpath(path)
+        if key not in readers:
+            readers[key] = made(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = made
 
 
 def require_export_extra() -> None:

@@ -16,6 +16,8 @@ exports, keyed by sha256, are reused by the next run like the real models' are.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -54,6 +56,39 @@ def tiny(tiny_paths) -> dict:
         out[name] = {"model": model, "fp32": export.export_model(model, "fp32"),
                      "int8": export.export_model(model, "int8")}
     return out
+
+
+def test_an_export_parses_the_gguf_once_and_writes_the_same_bytes(tiny_paths, tmp_path,
+                                                                  monkeypatch):
+    """transformers reads a GGUF's header for the config, the tokenizer and its config, and the
+    export twice more; one_gguf_reader makes that one parse (seconds on a large vocabulary)
+    without changing a byte of the export. Reusing an export parses nothing."""
+    import gguf
+
+    parses = []
+
+    class Counting(gguf.GGUFReader):
+        def __init__(self, path, mode="r"):
+            parses.append(path)
+            super().__init__(path, mode)
+
+    def digest(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
+    model = models.resolve(str(tiny_paths["qwen2"]))
+    made = {}
+    for shared in (True, False):
+        monkeypatch.setenv("EDGEEMO_HOME", str(tmp_path / f"shared-{shared}"))
+        if not shared:
+            monkeypatch.setattr(export, "one_gguf_reader", contextlib.nullcontext)
+        parses.clear()
+        out = export.export_model(model, "fp32")
+        made[shared] = (digest(out / export.ONNX_NAME), digest(out / export.TOKENIZER), len(parses))
+        parses.clear()
+        assert export.export_model(model, "fp32") == out and parses == []
+    assert made[True][:2] == made[False][:2]
+    assert made[True][2] == 1 and made[False][2] >= 5, made
 
 
 def llama(model, *, embedding=False):
