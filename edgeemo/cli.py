@@ -20,7 +20,7 @@ from . import __version__, models, writes
 from .chat import HELP, ChatSession, describe_mix
 from .cli_check import check_command
 from .cli_common import (CONTEXT, Group, Progress, json_option, load_runtime, model_argument,
-                         print_json, say, threads_option)
+                         print_json, say, seed_option, threads_option)
 from .cli_evaluate import calibrate_command, evaluate_command
 from .cli_serve import serve_command
 from .cli_vectors import compare_methods, export_vector, inspect, layers
@@ -105,8 +105,6 @@ emotion_option = click.option("--emotion", "-e", "emotion_spec",
 strength_option = click.option("--strength", "-s", type=float,
                                help="Strength for emotions given without one, as a fraction of "
                                     "the residual norm (default: each vector's recommended).")
-seed_option_gen = click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0,
-                               show_default=True, help="Sampling seed (same seed, same text).")
 temperature_option = click.option("--temperature", type=click.FloatRange(0, 5), default=0.7,
                                   show_default=True, callback=lambda ctx, p, v: check_finite(v, p),
                                   help="0 = greedy.")
@@ -149,7 +147,7 @@ def mix_from(spec: str | None, strength: float | None):
 @strength_option
 @click.option("--max-tokens", type=click.IntRange(1, 2048), default=120, show_default=True,
               help="At most this many tokens (the context holds 2048 with the prompt).")
-@seed_option_gen
+@seed_option()
 @temperature_option
 @click.option("--compare", is_flag=True, help="Print the unsteered and steered replies side by side.")
 @steer_prompt_option
@@ -211,7 +209,7 @@ def print_side_by_side(columns: list[tuple[str, str]]) -> None:
 @emotion_option
 @strength_option
 @click.option("--system", help="A system prompt.")
-@seed_option_gen
+@seed_option()
 @click.option("--max-tokens", type=click.IntRange(1, 2048), default=200, show_default=True,
               help="At most this many tokens per reply (the context holds 2048).")
 @temperature_option

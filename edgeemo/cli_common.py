@@ -83,6 +83,13 @@ class Progress:
 
 model_argument = click.argument("model", required=False)
 json_option = click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+
+
+def seed_option(what: str = "Sampling seed (same seed, same text)."):
+    """The one --seed option (0 to 2**32 - 1, the seeds llama.cpp takes); ``what`` says what it
+    seeds in that command."""
+    return click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0,
+                        show_default=True, help=what)
 threads_option = click.option("--threads", type=click.IntRange(1, 256),
                               help="llama.cpp threads (default: one per core; on a machine busy "
                                    "with other work 1 is much faster).")

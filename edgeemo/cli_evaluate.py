@@ -11,7 +11,7 @@ import click
 
 from . import models
 from .cli_common import (Progress, emotion_list, json_option, load_runtime, model_argument,
-                         print_json, say, threads_option)
+                         print_json, say, seed_option, threads_option)
 from .errors import EdgeemoError, VectorNotFound, require
 
 DEFAULT_JUDGES = "llm"
@@ -41,8 +41,6 @@ def _strengths(spec: str, *, recommended: bool = False) -> list[float | None]:
 
 emotions_option = click.option("--emotions", "emotion_spec", default="all", show_default=True,
                                help="Emotions to steer with: a,b,c or all.")
-seed_option = click.option("--seed", type=int, default=0, show_default=True,
-                           help="Sampling seed (same seed, same numbers).")
 
 
 @click.command(name="evaluate")
@@ -270,7 +268,7 @@ def _pct(x) -> str:
               help="calibration: the 8 calibration requests (r05, r08, r10, r14, r16, r17, r18, "
                    "r20; no evaluation judges them); a number of scenarios (spread over the "
                    "kinds) or comma-separated ids.")
-@seed_option
+@seed_option("Sampling seed (same seed, same numbers).")
 @click.option("--max-tokens", type=click.IntRange(1, 512), default=48, show_default=True)
 @click.option("--verify", "verify_spec", default="8", show_default=True,
               help="Other prompts the chosen strength must stay surgical on (a number, all, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from . import models
-from .cli_common import Progress, json_option, model_argument, print_json, say
+from .cli_common import Progress, json_option, model_argument, print_json, say, seed_option
 from .errors import require
 
 METHOD_HELP = ("dialogue: the model reads assistant replies that differ only in tone (for chat); "
@@ -17,8 +17,6 @@ method_option = click.option("--method", type=click.Choice(["dialogue", "generat
 pooling_option = click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean",
                               show_default=True, help="Mean over content tokens (sinks left "
                                                       "out), or the last token.")
-seed_option = click.option("--seed", type=int, default=0, show_default=True,
-                           help="Seed for story sampling (same seed, same vector).")
 
 
 def layer_table(report: dict) -> str:
@@ -41,7 +39,7 @@ def layer_table(report: dict) -> str:
 @model_argument
 @method_option
 @pooling_option
-@seed_option
+@seed_option("Seed for story sampling (same seed, same vector).")
 @click.option("--json", "json_", is_flag=True, help="Print the report as one JSON document.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Draw the curve to this PNG file.")
 def layers(model, method, pooling, seed, json_, plot):
@@ -65,7 +63,7 @@ def layers(model, method, pooling, seed, json_, plot):
 
 @click.command(name="compare-methods")
 @model_argument
-@seed_option
+@seed_option("Seed for story sampling (same seed, same vector).")
 @json_option
 def compare_methods(model, seed, json_):
     """Generation vs comprehension: per-emotion separation (cross-validated recall of each
@@ -127,7 +125,7 @@ def parse_layer_range(text: str) -> tuple[int, int] | None:
                    "more), or the neutral texts' mean.")
 @click.option("--denoise", type=click.IntRange(0, 64), default=0, show_default=True,
               help="Project out this many top principal components of neutral text.")
-@seed_option
+@seed_option("Seed for story sampling (same seed, same vector).")
 @click.option("-o", "--output", type=click.Path(), help="Output file (a directory with --all). "
                                                       "Default: the store, where chat finds it.")
 def export_vector(emotion, all_, model, method, layer_spec, strength, stimuli_file, pooling,

@@ -10,10 +10,10 @@ an address-space limit. Most fail in argument checking before any model loads.
 
 Hand-written cases by command (``python -m pytest tests/test_bad_input.py --collect-only -q``):
 
-    models 5, pull 14, export-model 11, export-vector 30, inspect 16, layers and compare-methods
-    16, probe 11, generate 42, chat 23, evaluate and calibrate 30, under memory and time limits 7,
+    models 5, pull 14, export-model 11, export-vector 31, inspect 16, layers and compare-methods
+    16, probe 11, generate 42, chat 23, evaluate and calibrate 31, under memory and time limits 7,
     Python API (no model) 24, Python API (real model) 25
-    -> 254 in tables, 267 with the single tests below them; plus generated damaged GGUF files
+    -> 256 in tables, 269 with the single tests below them; plus generated damaged GGUF files
     (hypothesis) as vectors (inspect) and as models (pull PATH), and tests/test_ggufcheck.py's
     fuzzing of the header check.
 
@@ -364,6 +364,7 @@ EXPORT_VECTOR = [
          "mean of two or more emotions", store="model"),
     case("export-vector", "-e", "zorblax", "--method", "comprehension", "needs its texts",
          store="model"),
+    case("export-vector", "-e", "fear", "--seed", "-1", "seed"),
 ]
 
 
@@ -580,6 +581,7 @@ CALIBRATE = [
     case("calibrate", "--emotions", "sleepy", "unknown emotion"),
     case("calibrate", "--scenarios", "r999", "unknown scenario id"),
     case("calibrate", "--max-tokens", "0", "max-tokens"),
+    case("calibrate", "--seed", "-3", "seed"),
     case("calibrate", "--vectors", "/no/such/dir", "does not exist"),
     case("calibrate", "--vectors", "a-file", "is a file"),
     case("calibrate", "no-such-model", "unknown model"),
