@@ -81,7 +81,7 @@ identification (among the emotions' replies to one request, the target's is the 
 rates highest for it), on task and coherent, each with its 95% interval over requests, beside
 the chance level (the unsteered second reply, judged as if steered; 1/emotions for
 identification; the unsteered on-task rate) and the judge's ceiling, computed from the stored
-scores of ``evaluation/judge-ceiling-llm.json`` (the same judge on the 600 hand-written tone
+scores of ``records/judge-ceiling-llm.json`` (the same judge on the 600 hand-written tone
 replies of dialogue.jsonl): the share of hand-written replies that move beyond this run's
 margin, identification among the evaluated emotions, and the judge's own on-task verdict on
 them. The full evaluate results are in the report's data and, with the vectors, in ``workdir``
@@ -118,7 +118,7 @@ LABELS = {"edgeemo": "edgeemo (dialogue − grand mean)",
 # the sample of emotions scripts/apply_model_strength.py sweeps (one strength per model)
 SWEEP_EMOTIONS = "afraid,angry,happy,sad,calm,proud,nervous,loving,hopeful,gloomy"
 # edgeemo's strength grid per model: `edgeemo calibrate`'s for the default model, the sweep the
-# shipped Qwen strengths were chosen on (evaluation/sweep-qwen2.5-coder-*) for those
+# shipped Qwen strengths were chosen on (records/sweep-qwen2.5-coder-*) for those
 EDGEEMO_GRIDS = {"qwen2.5-coder-0.5b-instruct": "0.08,0.12,0.16,0.24,0.32",
                  "qwen2.5-coder-1.5b-instruct": "0.08,0.12,0.16,0.24,0.32"}
 EDGEEMO_GRID = "0.03,0.05,0.08,0.12,0.16"
@@ -141,7 +141,7 @@ QUICK = {"emotions": "afraid,happy", "sweep_requests": "r05,r08", "sweep_margins
 
 TOOLS = Path(os.environ.get("EDGEEMO_BENCH_TOOLS") or Path.home() / ".cache" / "edgeemo-bench")
 GENERATOR = "llama-cvector-generator"
-CEILING = benchlib.ROOT / "evaluation" / "judge-ceiling-llm.json"
+CEILING = benchlib.ROOT / "records" / "judge-ceiling-llm.json"
 
 # cvector-generator's own example (tools/cvector-generator/positive.txt, negative.txt): three
 # system prompts, four user prompts; "happy"/"sad" replaced by the emotion / by neutral
@@ -459,7 +459,7 @@ def judge_set(model_name: str, vector_dir: str, names: list[str], sweep: dict, h
 # --- the judge's ceiling --------------------------------------------------------------------------
 
 def judge_ceiling(names: list[str], margin: float, judge_model: str) -> dict:
-    """The LLM judge on the hand-written tone replies (evaluation/judge-ceiling-llm.json), read
+    """The LLM judge on the hand-written tone replies (records/judge-ceiling-llm.json), read
     at this run's margin and among this run's emotions."""
     import numpy as np
 

@@ -3,8 +3,8 @@
     edgeemo evaluate qwen2.5-coder-1.5b-instruct --emotions afraid,angry,happy,sad,calm,proud,\\
         nervous,loving,hopeful,gloomy --strengths 0.08,0.12,0.16,0.24,0.32 \\
         --scenarios r05,r08,r10,r14 --margin-prompts r16,r17,r18,r20 --threads 2 \\
-        --report evaluation/sweep-qwen2.5-coder-1.5b
-    python scripts/apply_model_strength.py evaluation/sweep-qwen2.5-coder-1.5b/result.json \\
+        --report records/sweep-qwen2.5-coder-1.5b
+    python scripts/apply_model_strength.py records/sweep-qwen2.5-coder-1.5b/result.json \\
         vectors/qwen2.5-coder-1.5b-instruct
 
 The sweep runs on calibration requests only (never on the held-out ones an evaluation judges).

@@ -10,7 +10,7 @@ to the calibration requests are exactly the margin pairs (two unsteered replies 
 seed), so they become the record's ``margin_pairs``. The later runs add the other held-out
 requests. The summary is then rebuilt (``evaluate.rejudge``) and the report written.
 
-``evaluation/chat-prebuilt-llm/`` was made this way: the first run had judged the calibration
+``records/chat-prebuilt-llm/`` was made this way: the first run had judged the calibration
 requests by mistake, and its held-out part and its replies to the calibration requests were kept
 rather than generated again.
 """

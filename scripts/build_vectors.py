@@ -3,7 +3,7 @@
     python scripts/build_vectors.py                       # comprehension-based
     python scripts/build_vectors.py --method generation --seed 0
     python scripts/build_vectors.py --method dialogue --baseline grand \
-        --calibration evaluation/calibration-dialogue.json     # the shipped files
+        --calibration records/calibration-dialogue.json     # the shipped files
 
 The shipped vectors are dialogue − grand mean, made from all 30 requests of dialogue.jsonl. The
 recipe was chosen on cross-fit vectors (made from half of the requests, judged by tone readers made

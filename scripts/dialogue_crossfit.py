@@ -13,7 +13,7 @@ the vignette readers and by the half-B tone readers.
 With ``--calibrate``, each emotion's strength is first chosen as ``edgeemo calibrate --judge
 tone`` does (on the 8 calibration requests, which the evaluation does not use; on task ≥ 90%,
 coherent ≥ 95%, best tone-reader success), judged by the half-B tone readers; the choice goes to
-``evaluation/calibration-dialogue.json`` (``scripts/build_vectors.py --calibration`` applies it
+``records/calibration-dialogue.json`` (``scripts/build_vectors.py --calibration`` applies it
 to the prebuilt files) and the evaluation runs at those strengths. The record goes to ``--out``
 (``settings.crossfit`` says which requests made what).
 """
@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    out = args.out or ROOT / "evaluation" / ("chat-dialogue-crossfit-calibrated" if args.calibrate
+    out = args.out or ROOT / "records" / ("chat-dialogue-crossfit-calibrated" if args.calibrate
                                              else "chat-dialogue-crossfit")
 
     rows = stimuli.dialogue()
@@ -82,7 +82,7 @@ def main() -> int:
                 calibration.apply_calibration(vectors / f"{name}.gguf", info["strength"], info)
             record = {"vectors": "dialogue − grand mean, from half A of dialogue.jsonl",
                       "tone_readers_from": half_b, "seconds": seconds, "chosen": chosen}
-            (ROOT / "evaluation" / "calibration-dialogue.json").write_text(
+            (ROOT / "records" / "calibration-dialogue.json").write_text(
                 json.dumps(record, indent=1) + "\n")
             runtime.vectors.clear()
             use_vectors(runtime, list(EMOTIONS), vectors)

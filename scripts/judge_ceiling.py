@@ -1,6 +1,6 @@
 """How well can the chat judges see an emotion at all? Their ceiling, on replies written for it.
 
-    python scripts/judge_ceiling.py                      # writes evaluation/judge-ceiling.json
+    python scripts/judge_ceiling.py                      # writes records/judge-ceiling.json
 
 ``edgeemo/data/dialogue.jsonl`` holds, for 30 everyday requests, one neutral reply and one reply in
 each of the 20 emotions, with the same content and only the tone changed. That is what perfect
@@ -38,10 +38,10 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--margins-from", type=Path,
-                        default=ROOT / "evaluation" / "chat-prebuilt" / "result.json",
+                        default=ROOT / "records" / "chat-prebuilt" / "result.json",
                         help="an evaluate result.json whose unsteered replies give the margins")
     parser.add_argument("--judges", default=",".join(judges.READERS + judges.TONE_READERS))
-    parser.add_argument("--out", type=Path, default=ROOT / "evaluation" / "judge-ceiling.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "records" / "judge-ceiling.json")
     args = parser.parse_args()
 
     record = json.loads(args.margins_from.read_text())

@@ -1,6 +1,6 @@
 """The LLM judge's own ceiling: how well it reads tone on text written to carry it.
 
-    python scripts/llm_judge_ceiling.py                  # writes evaluation/judge-ceiling-llm.json
+    python scripts/llm_judge_ceiling.py                  # writes records/judge-ceiling-llm.json
     python scripts/llm_judge_ceiling.py --judge-model qwen2.5-coder-0.5b-instruct
 
 ``edgeemo/data/dialogue.jsonl`` answers 30 everyday requests neutrally and in each of the 20
@@ -48,9 +48,9 @@ def main() -> int:
     parser.add_argument("--margins-from", type=Path, action="append", default=[],
                         help="an evaluate result.json with margin pairs or chance replies "
                              "(repeatable): the judge's margin for that steered model")
-    parser.add_argument("--out", type=Path, default=ROOT / "evaluation" / "judge-ceiling-llm.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "records" / "judge-ceiling-llm.json")
     parser.add_argument("--plot", type=Path,
-                        default=ROOT / "evaluation" / "judge-ceiling-llm-confusion.png")
+                        default=ROOT / "records" / "judge-ceiling-llm-confusion.png")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 

@@ -1,6 +1,6 @@
 """Judge the replies of recorded evaluations again, with more judges, without generating again.
 
-    python scripts/rejudge.py evaluation/chat-prebuilt --judges tone-smollm2,tone-gemma3
+    python scripts/rejudge.py records/chat-prebuilt --judges tone-smollm2,tone-gemma3
 
 Reads each DIR/result.json that ``edgeemo evaluate --report DIR`` wrote, adds the judges' scores
 and verdicts (margins measured on the record's own unsteered replies, as ``evaluate`` does), and

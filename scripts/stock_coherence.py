@@ -1,6 +1,6 @@
 """Do the shipped vector files stay coherent the way stock llama.cpp applies them?
 
-    python scripts/stock_coherence.py            # writes evaluation/stock-coherence.json
+    python scripts/stock_coherence.py            # writes records/stock-coherence.json
 
 Stock llama.cpp (``llama-cli --control-vector FILE``) steers the prompt too, at the file's own
 strength (scale 1.0). This script answers 8 held-out requests (calibration never saw them) that way,
@@ -29,7 +29,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--max-tokens", type=int, default=160)
-    parser.add_argument("--out", type=Path, default=ROOT / "evaluation" / "stock-coherence.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "records" / "stock-coherence.json")
     args = parser.parse_args()
 
     runtime = EmotionModel(args.model, threads=1, steer_prompt=True)

@@ -36,7 +36,7 @@ from .judgebase import ScoredJudge
 
 LABELS: tuple[str, ...] = (*EMOTIONS, "neutral")
 # Judge models, best first; the first one that is not the steered model itself is used. Both are
-# offline cards (PyPI). Qwen2.5-Coder-1.5B reads tone clearly better than the 0.5B (evaluation/
+# offline cards (PyPI). Qwen2.5-Coder-1.5B reads tone clearly better than the 0.5B (records/
 # judge-ceiling-llm.json); for a steered 1.5B the 0.5B, of the same family, is the judge left.
 JUDGE_MODELS: tuple[str, ...] = ("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct")
 

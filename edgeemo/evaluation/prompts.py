@@ -52,7 +52,7 @@ def select_scenarios(spec: int | str | Sequence[str] | None = None, *,
 
 
 # The everyday requests calibration uses (two per kind), never judged by an evaluation: the
-# shipped vectors' strengths were chosen on these (evaluation/calibration-dialogue.json).
+# shipped vectors' strengths were chosen on these (records/calibration-dialogue.json).
 CALIBRATION_REQUESTS = ("r05", "r08", "r10", "r14", "r16", "r17", "r18", "r20")
 CALIBRATION_SCENARIOS = 8         # for the "scenarios" pool: that many, spread over the kinds
 

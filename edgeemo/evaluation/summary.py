@@ -20,7 +20,7 @@ from .report import strength_key
 BOOTSTRAP_SAMPLES = 2000
 # The LLM judge's P(yes) from which a reply counts as answering its request. Hand-written tone
 # replies to their own request score 0.83-0.97, and most given to another request stay under it
-# (scripts/llm_judge_ceiling.py measures both; evaluation/judge-ceiling-llm.json has the figures).
+# (scripts/llm_judge_ceiling.py measures both; records/judge-ceiling-llm.json has the figures).
 LLM_ON_TASK = 0.5
 
 
