@@ -89,3 +89,25 @@ def test_store_paths_come_from_the_model_sha256(tmp_path, monkeypatch):
     assert store.export_dir(model.sha256, "int8").parent.name == key
     assert store.cache_dir("stories", model.sha256).name == key
     assert len(calls) == 1                                  # hashed once, then remembered
+
+
+def test_the_wheel_holds_the_library_its_data_and_licence_but_no_test_fixtures(tmp_path):
+    """What `pip install` of a release gets: every module but the random-model maker (tests and
+    benchmarks use it from a checkout), the model cards and prebuilt vectors, the licence."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
+                    str(root)], check=True)
+    names = set(zipfile.ZipFile(next(tmp_path.glob("edgeemo-*.whl"))).namelist())
+    modules = {str(p.relative_to(root)) for p in (root / "edgeemo").rglob("*.py")}
+    assert modules - names == {"edgeemo/testmodels.py"}
+    cards = {f"edgeemo/_data/models/{p.name}" for p in (root / "models").glob("*.toml")}
+    assert cards and cards <= names
+    shipped = {f"edgeemo/_data/vectors/{p.relative_to(root / 'vectors')}"
+               for p in (root / "vectors").rglob("*.gguf")}
+    assert len(shipped) >= 60 and shipped <= names
+    assert any(n.endswith("licenses/LICENSE") for n in names)
