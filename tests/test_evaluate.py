@@ -428,6 +428,29 @@ def test_recommended_strength_is_each_vectors_own(runtime):
 
 
 @pytest.mark.slow
+def test_calibration_answers_the_verify_prompts_unsteered_once_for_every_emotion(runtime,
+                                                                                 monkeypatch):
+    """The unsteered replies to the verify prompts depend on neither emotion nor strength: the
+    first emotion's verification makes them, the next ones reuse them."""
+    real, given = calibration.evaluate, []
+
+    def spy(*args, baseline=None, **kwargs):
+        given.append(None if baseline is None else [b["text"] for b in baseline])
+        return real(*args, baseline=baseline, **kwargs)
+
+    monkeypatch.setattr(calibration, "evaluate", spy)
+    scenarios = prompts.select_scenarios(1)
+    verify = calibration.other_scenarios([s["id"] for s in scenarios], 1)
+    chosen = calibration.calibrate(runtime, [EMOTION, "calm"], strengths=(0.02,),
+                                   judge="lexicon", use_probe=False, scenarios=scenarios,
+                                   max_tokens=8, verify=verify)
+    assert all(info["verified"]["scenarios"] == [verify[0]["id"]] for info in chosen.values())
+    calls = given[1:]                       # given[0]: the calibration run itself
+    assert len(calls) == 2 and calls[0] is None, given
+    assert calls[1] and len(calls[1]) == 1 and calls[1][0].strip()
+
+
+@pytest.mark.slow
 def test_calibrate_one_emotion_writes_the_chosen_strength(runtime, tmp_path):
     from edgeemo.steer import find_vector
     from edgeemo.vectors import ControlVector

@@ -83,7 +83,7 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
     sm = result["summary"]
     used = [j for j in ("lexicon", "probe") if j in result["settings"]["judges"]
             and judge in (j, "both")]
-    out = {}
+    out, unsteered = {}, []       # the verify prompts' unsteered replies, made once for all
     for name in result["settings"]["emotions"]:
         rows = {}
         for s in strengths:
@@ -105,7 +105,7 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
         }
         if verify and best is not None:
             _verify(model, name, out[name], rows, verify, seed=seed, max_tokens=max_tokens,
-                    threads=threads, progress=progress)
+                    threads=threads, progress=progress, baseline=unsteered)
     return out
 
 
@@ -115,7 +115,7 @@ def _calibrate_readers(model, emotions, strengths, scenarios, *, seed, max_token
     result = evaluate(model, emotions, strengths, scenarios, seed=seed, max_tokens=max_tokens,
                       judges=readers, on_task=True, chance=True, progress=progress)
     cells = result["summary"]["chat"]["cells"]
-    out = {}
+    out, unsteered = {}, []       # the verify prompts' unsteered replies, made once for all
     for name in result["settings"]["emotions"]:
         rows = {}
         for s in strengths:
@@ -140,7 +140,7 @@ def _calibrate_readers(model, emotions, strengths, scenarios, *, seed, max_token
         }
         if verify and best is not None:
             _verify_readers(model, name, out[name], rows, verify, seed=seed,
-                            max_tokens=max_tokens, progress=progress)
+                            max_tokens=max_tokens, progress=progress, baseline=unsteered)
     return out
 
 
@@ -177,15 +177,17 @@ def _usable(row: dict) -> bool:
             and row["coherent_share"] >= COHERENT_MIN)
 
 
-def _verify_readers(model, name, info, rows, scenarios, *, seed, max_tokens, progress) -> None:
+def _verify_readers(model, name, info, rows, scenarios, *, seed, max_tokens, progress,
+                    baseline: list) -> None:
     """Step the chosen strength down the window until it stays on task and coherent on
-    ``scenarios`` (other requests) too."""
-    checked, baseline = {}, None
+    ``scenarios`` (other requests) too. ``baseline``: their unsteered replies, filled by the
+    first call and reused by the others (they depend on neither emotion nor strength)."""
+    checked = {}
     for strength in sorted((s for s in info["window"] if s <= info["strength"]), reverse=True):
         result = evaluate(model, [name], [strength], scenarios, seed=seed, max_tokens=max_tokens,
-                          judges=[], on_task=True, chance=False, baseline=baseline,
+                          judges=[], on_task=True, chance=False, baseline=baseline or None,
                           progress=progress)
-        baseline = result["baseline"]
+        baseline[:] = result["baseline"]
         chat = result["summary"]["chat"]
         checked[strength_key(strength)] = {"on_task": chat["on_task"], "coherent": chat["coherent"]}
         if _usable({"on_task_share": chat["on_task"], "coherent_share": chat["coherent"]}):
@@ -205,14 +207,15 @@ def other_scenarios(used: Sequence[str], n: int | None = VERIFY_SCENARIOS, *,
 
 
 def _verify(model, name: str, info: dict, rows: dict, scenarios: Sequence[dict], *, seed: int,
-            max_tokens: int, threads: int | None, progress) -> None:
-    """Step the chosen strength down the window until it stays surgical on ``scenarios``."""
-    checked, baseline = {}, None
+            max_tokens: int, threads: int | None, progress, baseline: list) -> None:
+    """Step the chosen strength down the window until it stays surgical on ``scenarios``
+    (``baseline`` as in :func:`_verify_readers`)."""
+    checked = {}
     for strength in sorted((s for s in info["window"] if s <= info["strength"]), reverse=True):
         result = evaluate(model, [name], [strength], scenarios, seed=seed, max_tokens=max_tokens,
-                          use_probe=False, chance=False, threads=threads, baseline=baseline,
-                          progress=progress)
-        baseline = result["baseline"]             # answered once, whatever the strength
+                          use_probe=False, chance=False, threads=threads,
+                          baseline=baseline or None, progress=progress)
+        baseline[:] = result["baseline"]           # answered once, whatever emotion and strength
         share = result["summary"]["regimes"]["overall"]["surgical"]
         checked[strength_key(strength)] = share
         if share >= SURGICAL_WINDOW:
