@@ -21,15 +21,17 @@ tokens a reply, each turn sending the whole conversation so far) with a one-work
 without and once with ``--prompt-cache``; reported: the time to first token of the last turn, and
 the prompt tokens the server found cached (``usage.prompt_tokens_details.cached_tokens``).
 
-Load with multi-turn clients: ``load_clients`` clients at once, each holding a ``load_turns``-turn
-chat with an emotion of its own (``load_emotions``), against ``--parallel 2``, once without and
-once with ``--prompt-cache`` (whose requests are routed to the worker holding their chat);
-reported: the median time to first token of the turns after the first, and the prompt tokens
-found cached. No steering may leak between requests: every reply must equal the reply of a
-one-worker server (with the cache or not, as the load) to which each chat is sent alone, one
-after the other, with the same messages. With the cache, a chat is compared up to its first turn
-after the first that found less cached than alone (it had moved to a worker holding another chat,
-which the lone server never does).
+Load with multi-turn clients: for each number in ``load_clients``, that many clients at once,
+each holding a ``load_turns``-turn chat with an emotion of its own (``load_emotions``), against
+``--parallel 2``, once without and once with ``--prompt-cache`` (whose requests are routed to the
+worker holding their chat); reported: the median time to first token of the turns after the
+first, the prompt tokens found cached, and how many turns ran on their chat's worker (with more
+chats than workers, a chat whose worker is busy for longer than ``--route-wait`` moves). No
+steering may leak between requests: without the cache, every reply must equal the reply of a
+one-worker server to which each chat is sent alone, one after the other, with the same messages;
+with it, every reply (and its cached count) must equal the reply of a one-worker server with the
+cache that reads the requests of the worker that answered it (``X-Edgeemo-Worker``), in that
+worker's order: the same cache states, without the other worker running beside it.
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ FULL = {"model": benchlib.DEFAULT_MODEL, "parallel": [1, 2], "clients": [1, 4, 8
         "per_client": 2, "max_tokens": 32, "emotion": "afraid",
         "messages": [{"role": "system", "content": "You are a friendly assistant."},
                      {"role": "user", "content": "Hi! How was your day?"}],
-        "turns": 10, "load_clients": 4, "load_turns": 5,
+        "turns": 10, "load_clients": [2, 4], "load_turns": 5,
         "load_emotions": ["afraid", "happy", "sad", "calm"],
         "parts": "throughput,chat,load"}       # which parts run
-QUICK = {"clients": [1, 2], "per_client": 1, "max_tokens": 4, "turns": 3, "load_clients": 2,
+QUICK = {"clients": [1, 2], "per_client": 1, "max_tokens": 4, "turns": 3, "load_clients": [2],
          "load_turns": 3}
 # what the user says in turn 2, 3, ... of the multi-turn chat (turn 1 is ``messages``)
 FOLLOW_UPS = ["What did you have for breakfast?", "Tell me more about that.", "Why?",
@@ -116,12 +118,14 @@ def memory_mb(pid: int) -> dict:
 
 
 def one_request(http, url: str, body: dict) -> dict:
-    """One streamed completion: latency, time to first text, status, text and usage."""
+    """One streamed completion: latency, time to first text, status, text and usage, the worker
+    that answered and when it began (its response's headers come once the worker starts)."""
     started = time.perf_counter()
     first, text, counted = None, "", None
     with http.stream("POST", url + "/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
             return {"status": response.status_code, "latency": None, "first": None}
+        worker, began = response.headers.get("x-edgeemo-worker"), time.perf_counter()
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -132,7 +136,7 @@ def one_request(http, url: str, body: dict) -> dict:
                 first = time.perf_counter() - started
             text += piece
     return {"status": 200, "latency": time.perf_counter() - started, "first": first,
-            "text": text, "usage": counted}
+            "text": text, "usage": counted, "worker": worker, "began": began, "body": body}
 
 
 def chat_turns(url: str, settings: dict, emotion: str, turns: int,
@@ -148,7 +152,7 @@ def chat_turns(url: str, settings: dict, emotion: str, turns: int,
                 messages.append({"role": "user",
                                  "content": FOLLOW_UPS[(turn - 1) % len(FOLLOW_UPS)]})
             result = one_request(http, url, {
-                "messages": messages, "max_tokens": settings["max_tokens"], "temperature": 0,
+                "messages": list(messages), "max_tokens": settings["max_tokens"], "temperature": 0,
                 "seed": 0, "stream": True, "stream_options": {"include_usage": True},
                 "emotion": emotion})
             if result["status"] != 200:
@@ -181,21 +185,30 @@ def cached(result: dict) -> int:
     return result["usage"]["prompt_tokens_details"]["cached_tokens"]
 
 
-def comparable(chat: list[dict], alone: list[dict]) -> int:
-    """How many turns of a chat found as much cached as the chat alone did (then the cache held
-    the same positions, read the same way), up to the first that did not. The first turn counts
-    whatever it found: the clients' emotions differ, so only unsteered positions were kept."""
-    for turn in range(1, len(chat)):
-        if cached(chat[turn]) != cached(alone[turn]):
-            return turn
-    return len(chat)
-
-
 def replayed(url: str, settings: dict, chats: list[list[dict]]) -> list[list[dict]]:
     """Each chat again, alone, one after the other, sending the same messages as before."""
     emotions = settings["load_emotions"]
     return [chat_turns(url, settings, emotions[i % len(emotions)], len(chat),
                        replies=[r["text"] for r in chat]) for i, chat in enumerate(chats)]
+
+
+def by_worker(chats: list[list[dict]]) -> dict[str, list[dict]]:
+    """The requests of a load run per worker (``X-Edgeemo-Worker``), in the order it ran them."""
+    runs: dict[str, list[dict]] = {}
+    for result in sorted((r for chat in chats for r in chat), key=lambda r: r["began"]):
+        runs.setdefault(result["worker"], []).append(result)
+    return runs
+
+
+def worker_replayed(model: str, sequence: list[dict]) -> list[dict]:
+    """One worker's requests again, in its order, on a fresh one-worker server with the prompt
+    cache, one at a time: its cache goes through the same states as in the load run, so every
+    reply must be the same unless a request running on the other worker at the same time (its
+    steering, its cache) changed it."""
+    import httpx
+
+    with server(model, 1, 1, 1, "--prompt-cache") as (url, _), httpx.Client(timeout=600) as http:
+        return [one_request(http, url, r["body"]) for r in sequence]
 
 
 def cell(url: str, clients: int, per_client: int, body: dict) -> dict:
@@ -239,53 +252,59 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def load(report: benchlib.Report, settings: dict) -> None:
-    """Multi-turn clients at once, without and with the prompt cache; then the no-leak check
-    against one-worker servers that read each request, or hold each chat, alone."""
-    runs, alone = {}, {}
-    clients, turns = settings["load_clients"], settings["load_turns"]
+def load(report: benchlib.Report, settings: dict, clients: int) -> None:
+    """``clients`` multi-turn chats at once on two workers, without and with the prompt cache,
+    then the check that no steering leaks between requests: without the cache, every reply is
+    the one a one-worker server gives each chat alone; with it, every reply is the one a
+    one-worker server gives when it reads the same requests in the same order as the worker
+    that answered it (the same cache states; a chat that moved to another worker finds less
+    cached there, and its reply may differ from the chat alone where two tokens are nearly tied)."""
+    turns = settings["load_turns"]
+    settings = {**settings, "load_clients": clients}
+    checked, equal, differ = 0, 0, []
     for label, options in (("without the prompt cache", ()),
                            ("with --prompt-cache", ("--prompt-cache",))):
         with report.part(f"load, {clients} multi-turn clients, {label}"):
             with server(settings["model"], 2, 1, clients, *options) as (url, _):
                 started = time.perf_counter()
-                runs[label] = load_chats(url, settings)
+                chats = load_chats(url, settings)
                 wall = time.perf_counter() - started
-            later = [r for chat in runs[label] for r in chat[1:]]
+            later = [r for chat in chats for r in chat[1:]]
             found = sum(cached(r) for r in later)
             read = sum(r["usage"]["prompt_tokens"] for r in later)
+            moved = sum(a["worker"] != b["worker"] for chat in chats for a, b in zip(chat, chat[1:]))
             report.row(f"load, {clients} clients x {turns} turns, --parallel 2, {label}: "
                        f"time to first token p50 (turns 2-{turns})",
                        1000 * benchlib.median(r["first"] for r in later), "ms", headline=True,
                        note=f"{found} of {read} prompt tokens of those turns found cached; "
-                            f"{clients * turns} requests in {wall:.1f} s; "
+                            f"{len(later) - moved} of {len(later)} turns on the worker of the turn "
+                            f"before; {clients * turns} requests in {wall:.1f} s; "
                             f"{settings['max_tokens']}-token replies, greedy")
-            # the references, one request or one chat at a time on a one-worker server
-            with server(settings["model"], 1, 1, 1, *options) as (url, _):
-                alone[label] = replayed(url, settings, runs[label])
-    with report.part("load: no steering leaks between requests"):
-        if len(alone) < 2:
-            raise benchlib.SkipPart("a load run failed")
-        checked, equal, differ = 0, 0, []
-        for label in alone:
-            for i, (chat, reference) in enumerate(zip(runs[label], alone[label])):
-                n = comparable(chat, reference)
-                checked += n
-                for turn, (a, b) in enumerate(zip(chat[:n], reference[:n])):
-                    if a["text"] == b["text"]:
-                        equal += 1
-                    else:
-                        differ.append({"run": label, "client": i, "turn": turn + 1,
-                                       "reply": a["text"], "alone": b["text"],
-                                       "cached": cached(a)})
-        report.data["load_differ"] = differ
-        total = 2 * clients * turns
-        report.row("load: replies equal to the same request alone", f"{equal} of {checked}",
-                   aim="all", note=f"{total - checked} of {total} not compared: their chat had "
-                                   f"moved to a worker holding another")
-        report.data["load_replies_equal"] = {"equal": equal, "checked": checked, "all": total}
+            # the references: each chat alone, or each worker's requests in its order
+            if options:
+                pairs = [(a, b) for sequence in by_worker(chats).values()
+                         for a, b in zip(sequence, worker_replayed(settings["model"], sequence))]
+            else:
+                with server(settings["model"], 1, 1, 1) as (url, _):
+                    alone = replayed(url, settings, chats)
+                pairs = [(a, b) for chat, ref in zip(chats, alone) for a, b in zip(chat, ref)]
+            for a, b in pairs:
+                checked += 1
+                if a["text"] == b["text"] and cached(a) == cached(b):
+                    equal += 1
+                else:
+                    differ.append({"run": label, "messages": len(a["body"]["messages"]),
+                                   "emotion": a["body"]["emotion"], "reply": a["text"],
+                                   "replayed": b["text"], "cached": [cached(a), cached(b)]})
+    with report.part(f"load, {clients} clients: no steering leaks between requests"):
+        report.data[f"load_{clients}_differ"] = differ
+        report.row(f"load, {clients} clients: replies equal to the same requests replayed alone",
+                   f"{equal} of {checked}", aim="all",
+                   note="without the cache each chat alone; with it each worker's requests in "
+                        "its order on a one-worker server (same cached count too)")
+        report.data[f"load_{clients}_replies_equal"] = {"equal": equal, "checked": checked}
         if equal != checked:
-            raise RuntimeError(f"{checked - equal} replies differ from the same request alone")
+            raise RuntimeError(f"{checked - equal} replies differ from the same requests alone")
 
 
 def run(quick: bool = False, threads: int | None = None,
@@ -378,7 +397,8 @@ def run(quick: bool = False, threads: int | None = None,
                         f"kept as it was generated, steered, as in `edgeemo chat`; without it, the "
                         f"whole conversation is read unsteered)")
     if "load" in parts:
-        load(report, settings)
+        for clients in settings["load_clients"]:
+            load(report, settings, clients)
     for clients in settings["clients"]:
         with contextlib.suppress(KeyError, TypeError):
             steered = cells[f"parallel=1 clients={clients} steered"]["requests_per_s"]

@@ -157,10 +157,14 @@ def user(text=PROMPT):
 EMOTIONS = [None, "fear", "joy:0.06,calm:0.03", {"angry": 0.1}]
 
 
-def chat(client: OpenAI, messages, emotion=None, max_tokens=16, stream=False, **extra):
+def chat(client: OpenAI, messages, emotion=None, max_tokens=16, stream=False, raw=False,
+         **extra):
+    """A chat completion; with ``raw``, the raw response (headers, and ``.parse()``)."""
     body = {"emotion": emotion, **extra} if emotion is not None or extra else None
-    return client.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens,
-                                          stream=stream, extra_body=body, **GREEDY)
+    create = client.chat.completions.with_raw_response.create if raw else \
+        client.chat.completions.create
+    return create(model=MODEL, messages=messages, max_tokens=max_tokens, stream=stream,
+                  extra_body=body, **GREEDY)
 
 
 def streamed(client: OpenAI, messages, emotion=None, max_tokens=16, **extra):
@@ -1115,16 +1119,18 @@ def routed(default_gguf):
 
 class Chat:
     """One client's conversation, each turn sending all of it so far; ``turns`` keeps
-    (messages, reply) of each turn."""
+    (messages, reply) of each turn, ``workers`` the worker that answered it."""
 
     def __init__(self, client: OpenAI, emotion):
         self.client, self.emotion = client, emotion
-        self.messages, self.turns = [], []
+        self.messages, self.turns, self.workers = [], [], []
 
     def say(self, text: str):
         messages = self.messages + user(text)
-        reply = chat(self.client, messages, self.emotion, max_tokens=12)
+        raw = chat(self.client, messages, self.emotion, max_tokens=12, raw=True)
+        reply = raw.parse()
         self.turns.append((messages, reply))
+        self.workers.append(raw.headers["x-edgeemo-worker"])
         self.messages = messages + [{"role": "assistant",
                                      "content": reply.choices[0].message.content}]
         return reply
@@ -1164,6 +1170,9 @@ def test_a_chats_turns_go_to_the_worker_that_holds_it(routed):
     finally:
         library.close()
     assert routed.wait_idle()["routed"] >= 3
+    # each chat stayed on one worker, the two chats on two, as the response headers say
+    assert len(set(a.workers)) == len(set(b.workers)) == 1, (a.workers, b.workers)
+    assert a.workers[0] != b.workers[0] and {a.workers[0], b.workers[0]} == {"0", "1"}
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ from .schema import (HTTP_TYPES, APIError, ChatRequest, CompletionRequest, Gener
 DEFAULT_MAX_TOKENS = 200        # when a request gives none (as in `edgeemo chat`)
 MAX_BODY = 1_000_000            # bytes; a larger request body is a 413
 PROBE_MAX_CHARS = 4000          # the probe reads the whole text at once in onnxruntime
+WORKER_HEADER = "X-Edgeemo-Worker"  # which worker (0 .. parallel-1) answered a generation request
 ROUTE_WAIT = 1.0                # seconds a request may wait for the worker holding its prefix
 
 def available_emotions(model: models.Model) -> dict[str, dict]:
@@ -165,6 +166,7 @@ class Server:
             if runtime is None:                        # the client left while it waited
                 return JSONResponse({}, status_code=499), None
             pool.count("requests")
+            job.worker = pool.runtimes.index(runtime)
             asyncio.get_running_loop().run_in_executor(pool.executor, job.run, pool, runtime)
             first = await job.events.get()
             if first[0] == "error":
@@ -184,12 +186,13 @@ class Server:
             return first
         _, applied, prompt_tokens = first
         shape.header.update(emotion=applied, steer_prompt=job.options.steer_prompt)
+        worker = {WORKER_HEADER: str(job.worker)}
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(sse(job, watcher, shape, prompt_tokens, include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache",
-                                              "X-Accel-Buffering": "no"})
+                                              "X-Accel-Buffering": "no", **worker})
         try:
             pieces, entries = [], []
             while True:
@@ -205,8 +208,9 @@ class Server:
         finally:
             job.stop.set()
             watcher.cancel()
-        return shape.whole("".join(pieces), entries, finish or "stop",
-                           usage(prompt_tokens, completion_tokens, cached))
+        return JSONResponse(shape.whole("".join(pieces), entries, finish or "stop",
+                                        usage(prompt_tokens, completion_tokens, cached)),
+                            headers=worker)
 
 
 # --- errors as OpenAI-style JSON ---------------------------------------------------------------

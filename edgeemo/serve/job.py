@@ -40,6 +40,7 @@ class Job:
         self.loop = asyncio.get_running_loop()
         self.runtime: EmotionModel | None = None
         self.held = None                    # the prompt and its whole reply, once finished
+        self.worker: int | None = None      # the index of the worker it runs on
 
     def emit(self, *event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
