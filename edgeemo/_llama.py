@@ -240,6 +240,16 @@ def cached_ids(llm) -> list[int]:
     return llm.input_ids[:llm.n_tokens].tolist()
 
 
+def cached_prefix(llm, ids: Sequence[int], limit: int | None = None) -> int:
+    """How many leading tokens of ``ids`` the cache holds already (at most ``limit``)."""
+    same = 0
+    for a, b in zip(cached_ids(llm), ids[:limit]):
+        if a != b:
+            break
+        same += 1
+    return same
+
+
 def evaluate(llm, ids: Sequence[int], *, cached: int = 0) -> None:
     """Evaluate ``ids`` after their first ``cached`` tokens, which the cache holds already
     (``Llama.eval`` writes from ``n_tokens`` on, so what follows them is dropped)."""
@@ -263,10 +273,11 @@ def last_logits(llm) -> np.ndarray:
 
 
 def score_logits(llm, ids: Sequence[int], first: int) -> np.ndarray:
-    """Evaluate ``ids`` from the start on a :func:`load_scorer` model; the logits that predict
-    ``ids[first:]`` (row j predicts ``ids[first + j]``), as float64."""
-    llm.reset()
-    llm.eval(ids)
+    """Evaluate ``ids`` on a :func:`load_scorer` model; the logits that predict ``ids[first:]``
+    (row j predicts ``ids[first + j]``), as float64. The leading tokens the cache holds from the
+    text before (a chat template's system prompt, the same request) are not read again, up to
+    the prompt's last token, whose logits are always computed afresh."""
+    evaluate(llm, ids, cached=cached_prefix(llm, ids, first - 1))
     return np.asarray(llm.scores[first - 1:len(ids) - 1], dtype=np.float64)
 
 

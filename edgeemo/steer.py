@@ -222,12 +222,7 @@ class EmotionModel:
     def cached_prefix(self, prompt_ids: list[int]) -> int:
         """How many leading tokens of ``prompt_ids`` the cache holds (at most all but the last,
         which is always evaluated again)."""
-        same = 0
-        for a, b in zip(_llama.cached_ids(self.llm), prompt_ids[:-1]):
-            if a != b:
-                break
-            same += 1
-        return same
+        return _llama.cached_prefix(self.llm, prompt_ids, len(prompt_ids) - 1)
 
     def _keep_unsteered(self, steering) -> None:
         """Keep the cache through a change of steering, but the positions that were computed

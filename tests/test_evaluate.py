@@ -372,6 +372,35 @@ def test_unsteered_perplexity_ratio_is_one(runtime, scorer):
 
 
 @pytest.mark.slow
+def test_the_scorer_reads_a_shared_prompt_start_once_and_scores_the_same(runtime, scorer,
+                                                                         monkeypatch):
+    """Replies scored one after another share the chat template's start (and a request): the
+    scorer reads only what follows it, and every log-probability is the one read from scratch."""
+    from edgeemo import _llama
+
+    read = []                                             # tokens llama.cpp is given to read
+    evaluate = scorer.llm.eval
+    monkeypatch.setattr(scorer.llm, "eval", lambda ids: (read.append(len(ids)), evaluate(ids)))
+    texts = [("Can you explain how to make a cup of tea?", "Boil water, add the leaves, wait."),
+             ("Can you explain how to make a cup of tea?", "No. Tea is a dreadful drink!"),
+             ("What should I pack for a beach holiday?", "Sun cream, a hat and a good book.")]
+    shared, scored, lengths = [], [], []
+    for request, reply in texts:
+        ids = runtime.prompt_ids([{"role": "user", "content": request}])
+        shared.append(_llama.cached_prefix(scorer.llm, ids))
+        lengths.append(len(ids))
+        scored.append(scorer.logprobs(ids, reply))
+    # the same request: all its prompt is held; another: the template's start (system prompt)
+    assert shared[1] == lengths[1] and 0 < shared[2] < lengths[2], (shared, lengths)
+    replies = [len(_llama.tokenize(scorer.llm, reply, bos=False)) for _, reply in texts]
+    assert read[1:] == [replies[1] + 1, lengths[2] - shared[2] + replies[2]], (read, replies)
+    for (request, reply), lp in zip(texts, scored):
+        _llama.reset(scorer.llm)                          # from scratch
+        ids = runtime.prompt_ids([{"role": "user", "content": request}])
+        np.testing.assert_allclose(scorer.logprobs(ids, reply), lp, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
 def test_evaluate_is_reproducible(runtime, tmp_path):
     scenarios = prompts.select_scenarios(3)
     runs = [ev.evaluate(runtime, ["afraid", "happy"], [0.04, 0.1], scenarios, seed=0,
