@@ -33,6 +33,7 @@ BENCHMARKS = {      # name -> (script, section title); in the order they run
     "latency": ("bench_latency.py", "Chat latency"),
     "engine": ("bench_engine.py", "Hidden-state extraction engine"),
     "endtoend": ("bench_endtoend.py", "End to end"),
+    "stories": ("bench_stories.py", "Writing stories"),
     "peer": ("bench_peer.py", "A peer: repeng"),
     "scaling": ("bench_scaling.py", "Scaling"),
     "serve": ("bench_serve.py", "HTTP server"),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import __version__, emotions, export, models, stimuli, store, writes
+from . import __version__, batched, emotions, export, models, stimuli, store, writes
 from .errors import EdgeemoError
 from .reader import HiddenStateReader
 from .steer import EmotionModel
@@ -154,26 +154,51 @@ def dialogue(reader: HiddenStateReader, records: list[dict] | None = None, *,
 
 STORY_TOKENS = 160
 STORY_TEMPERATURE = 0.8
+STORY_SAMPLER = "batched-1"   # stories are drawn by batched.sample (in the cache key: a change of
+                              # sampler writes them again)
 
 
 def story_cache_path(model: models.Model, prompt: str, seed: int, max_tokens: int):
-    key = json.dumps([prompt, seed, max_tokens, STORY_TEMPERATURE], ensure_ascii=False)
+    key = json.dumps([prompt, seed, max_tokens, STORY_TEMPERATURE, STORY_SAMPLER],
+                     ensure_ascii=False)
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     return store.cache_dir("stories", model.sha256) / f"{digest}.json"
 
 
+def write_stories(runtime, wanted: Sequence[tuple[str, int]], *, max_tokens: int = STORY_TOKENS,
+                  progress: Callable | None = None) -> list[dict]:
+    """The model's story for each (prompt, seed): token ids of prompt and story, and its text.
+    Stories in the store's cache are read from it; the others are written several at a time
+    (``batched.write_many``) and each is cached as soon as it ends."""
+    stories: dict[int, dict] = {}
+    missing = []
+    for k, (prompt, seed) in enumerate(wanted):
+        path = story_cache_path(runtime.model, prompt, seed, max_tokens)
+        if path.is_file():
+            stories[k] = json.loads(path.read_text())
+        else:
+            missing.append(k)
+    prompts = [runtime.prompt_ids([{"role": "user", "content": wanted[k][0]}]) for k in missing]
+
+    def done(j: int, story_ids: list[int]) -> None:
+        k = missing[j]
+        prompt, seed = wanted[k]
+        stories[k] = {"prompt": prompt, "seed": seed, "prompt_ids": prompts[j],
+                      "story_ids": story_ids,
+                      "text": runtime.detokenize(story_ids, errors="replace")}
+        writes.write_text(story_cache_path(runtime.model, prompt, seed, max_tokens),
+                          json.dumps(stories[k], ensure_ascii=False))
+        if progress:
+            progress("writing stories", len(stories), len(wanted))
+
+    batched.write_many(runtime, prompts, seeds=[wanted[k][1] for k in missing],
+                       max_tokens=max_tokens, temperature=STORY_TEMPERATURE, done=done)
+    return [stories[k] for k in range(len(wanted))]
+
+
 def write_story(runtime, prompt: str, *, seed: int, max_tokens: int = STORY_TOKENS) -> dict:
-    """The model's story for ``prompt`` (token ids of prompt and story), cached in the store."""
-    path = story_cache_path(runtime.model, prompt, seed, max_tokens)
-    if path.is_file():
-        return json.loads(path.read_text())
-    prompt_ids = runtime.prompt_ids([{"role": "user", "content": prompt}])
-    story_ids = list(runtime.stream_ids(prompt_ids, max_tokens=max_tokens, seed=seed,
-                                        temperature=STORY_TEMPERATURE))
-    story = {"prompt": prompt, "seed": seed, "prompt_ids": prompt_ids, "story_ids": story_ids,
-             "text": runtime.detokenize(story_ids, errors="replace")}
-    writes.write_text(path, json.dumps(story, ensure_ascii=False))
-    return story
+    """The model's story for ``prompt`` (see :func:`write_stories`)."""
+    return write_stories(runtime, [(prompt, seed)], max_tokens=max_tokens)[0]
 
 
 def generation_prompts(label: str, n: int) -> list[str]:
@@ -194,18 +219,17 @@ def generation(runtime, reader: HiddenStateReader, labels: list[str] | None = No
     labels = list(labels or emotions.EMOTIONS)
     if emotions.NEUTRAL not in labels:
         labels.append(emotions.NEUTRAL)
+    chosen = {label: generation_prompts(label, neutral_stories if label == emotions.NEUTRAL
+                                        else stories) for label in labels}
+    wanted = [(label, prompt, seed + i) for label in labels
+              for i, prompt in enumerate(chosen[label])]
+    done = write_stories(runtime, [(prompt, s) for _, prompt, s in wanted],
+                         max_tokens=max_tokens, progress=progress)
     items, starts, written = {}, {}, {}
-    for label in labels:
-        n = neutral_stories if label == emotions.NEUTRAL else stories
-        chosen = generation_prompts(label, n)
-        done = []
-        for i, prompt in enumerate(chosen):
-            done.append(write_story(runtime, prompt, seed=seed + i, max_tokens=max_tokens))
-            if progress:
-                progress(f"writing {label} stories", i + 1, len(chosen))
-        items[label] = [s["prompt_ids"] + s["story_ids"] for s in done]
-        starts[label] = [len(s["prompt_ids"]) for s in done]
-        written[label] = [s["text"] for s in done]
+    for (label, _, _), story in zip(wanted, done):
+        items.setdefault(label, []).append(story["prompt_ids"] + story["story_ids"])
+        starts.setdefault(label, []).append(len(story["prompt_ids"]))
+        written.setdefault(label, []).append(story["text"])
     return collect(reader, "generation", items, starts, layers=layers, pooling=pooling,
                    batch_size=batch_size, progress=progress,
                    info={"seed": seed, "stories": stories, "max_tokens": max_tokens,
@@ -251,6 +275,8 @@ def activations(model: models.Model, method: str = "dialogue", *,
            "labels": labels if method == "generation" else None,
            "seed": seed if method == "generation" else None,
            "stories": stories if method == "generation" else None}
+    if method == "generation":               # stories drawn another way are other texts
+        key["sampler"] = STORY_SAMPLER
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = store.cache_dir("activations", model.sha256) / f"{digest}.npz"
     if path.is_file():

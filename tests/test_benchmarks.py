@@ -21,8 +21,8 @@ def test_quick_benchmark_run_completes_every_benchmark(tmp_path, default_export)
     assert result.returncode == 0, result.stderr[-3000:]
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["quick"] is True
-    assert set(doc["benchmarks"]) == {"steering", "latency", "engine", "endtoend", "peer", "scaling",
-                                      "serve", "sizes"}
+    assert set(doc["benchmarks"]) == {"steering", "latency", "engine", "endtoend", "stories",
+                                      "peer", "scaling", "serve", "sizes"}
     for name, bench in doc["benchmarks"].items():
         assert bench["status"] == "ok" and not bench["errors"], (name, bench["errors"])
         for skipped in bench["skipped"]:
