@@ -397,7 +397,7 @@ def run(quick: bool = False, threads: int | None = None,
                         f"kept as it was generated, steered, as in `edgeemo chat`; without it, the "
                         f"whole conversation is read unsteered)")
     if "load" in parts:
-        for clients in settings["load_clients"]:
+        for clients in benchlib.numbers(settings["load_clients"]):
             load(report, settings, clients)
     for clients in settings["clients"]:
         with contextlib.suppress(KeyError, TypeError):

@@ -9,7 +9,8 @@ token budget, temperature 0.8, unsteered, on one EmotionModel:
 
 * one at a time: ``EmotionModel.stream_ids`` per story, llama.cpp's own sampler (how stories were
   written before ``batched.write_many``);
-* batched: ``batched.write_many`` with ``n_seq`` sequences decoded together (each in ``seqs``).
+* batched: ``batched.write_many`` with ``n_seq`` sequences decoded together (each in ``seqs``;
+  ``--set seqs=8`` or ``--set seqs=4,8``).
 
 The ways alternate within each round (one at a time, then each ``n_seq``; the next round in the
 reverse order), so a busy machine slows them alike; tokens/s is the tokens written over the
@@ -76,7 +77,8 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
 
     runtime = EmotionModel(settings["model"], seed=0, threads=threads)
     prompts = prompts_for(runtime, settings["stories"])
-    ways = ["one at a time"] + [f"batched, {n} sequences" for n in settings["seqs"]]
+    ways = ["one at a time"] + [f"batched, {n} sequences"
+                                for n in benchlib.numbers(settings["seqs"])]
     times: dict[str, list[float]] = {w: [] for w in ways}
     written: dict[str, list[list[int]]] = {}
     report.note(f"load average at start: {benchlib.load_average()}")

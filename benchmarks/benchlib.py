@@ -376,6 +376,15 @@ def settings_for(full: dict, quick_overrides: dict, quick: bool, overrides: list
     return settings
 
 
+def numbers(value) -> list[int]:
+    """A list setting of whole numbers as given in FULL ([2, 4]) or with --set (4, or "2,4")."""
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, str):
+        return [int(x) for x in value.split(",") if x.strip()]
+    return [int(x) for x in value]
+
+
 def parse_value(raw: str):
     for cast in (int, float):
         with contextlib.suppress(ValueError):
