@@ -27,7 +27,7 @@ from . import _llama
 from .errors import EdgeemoError
 
 PENALTY_LAST_N = 64           # llama-cpp-python's last_n_tokens_size
-N_SEQ = 8                     # sequences decoded together
+N_SEQ = 16                    # sequences decoded together (95 vs 84 tokens/s for 8 on the 135M)
 
 
 def sample(logits: np.ndarray, recent: Sequence[int], rng: np.random.Generator, *,
