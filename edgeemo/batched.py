@@ -68,6 +68,8 @@ def write_many(runtime, prompts: Sequence[Sequence[int]], *, seeds: Sequence[int
     ``max_tokens``; ``done(i, ids)`` hears of each text as it ends (e.g. to cache it)."""
     if runtime.mix:
         raise EdgeemoError("texts written in a batch are unsteered: clear the steering first")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise EdgeemoError(f"max_tokens must be a whole number of at least 1, not {max_tokens!r}")
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     if not prompts:
