@@ -34,8 +34,9 @@ def sample(logits: np.ndarray, recent: Sequence[int], rng: np.random.Generator, 
            temperature: float, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
            repeat_penalty: float = 1.1) -> int:
     """One token from next-token ``logits`` after the generated tokens ``recent``."""
-    logits = np.array(logits, dtype=np.float64)
+    logits = np.asarray(logits, dtype=np.float64)
     if repeat_penalty != 1.0 and len(recent):
+        logits = logits.copy()                   # the caller's array stays as it was
         seen = np.unique(np.asarray(recent[-PENALTY_LAST_N:]))
         hit = logits[seen]
         logits[seen] = np.where(hit > 0, hit / repeat_penalty, hit * repeat_penalty)

@@ -8,7 +8,7 @@
     m.clear()                                  # back to the unsteered model, exactly
 
 Switching emotion or strength never reloads the model: it rewrites llama.cpp's control-vector
-buffer (one call into llama.cpp, in ``_llama.py``) and drops the cached prompt state.
+buffer (one call into llama.cpp, in ``_llama/``) and drops the cached prompt state.
 
 Only the reply is steered, by default: the prompt (the whole conversation so far) is evaluated
 with the vector off, then the vector is set and the reply is generated. Steering the prompt too,
