@@ -170,14 +170,9 @@ def write_stories(runtime, wanted: Sequence[tuple[str, int]], *, max_tokens: int
     """The model's story for each (prompt, seed): token ids of prompt and story, and its text.
     Stories in the store's cache are read from it; the others are written several at a time
     (``batched.write_many``) and each is cached as soon as it ends."""
-    stories: dict[int, dict] = {}
-    missing = []
-    for k, (prompt, seed) in enumerate(wanted):
-        path = story_cache_path(runtime.model, prompt, seed, max_tokens)
-        if path.is_file():
-            stories[k] = json.loads(path.read_text())
-        else:
-            missing.append(k)
+    paths = [story_cache_path(runtime.model, prompt, seed, max_tokens) for prompt, seed in wanted]
+    stories = {k: json.loads(path.read_text()) for k, path in enumerate(paths) if path.is_file()}
+    missing = [k for k in range(len(wanted)) if k not in stories]
     prompts = [runtime.prompt_ids([{"role": "user", "content": wanted[k][0]}]) for k in missing]
 
     def done(j: int, story_ids: list[int]) -> None:
@@ -186,8 +181,7 @@ def write_stories(runtime, wanted: Sequence[tuple[str, int]], *, max_tokens: int
         stories[k] = {"prompt": prompt, "seed": seed, "prompt_ids": prompts[j],
                       "story_ids": story_ids,
                       "text": runtime.detokenize(story_ids, errors="replace")}
-        writes.write_text(story_cache_path(runtime.model, prompt, seed, max_tokens),
-                          json.dumps(stories[k], ensure_ascii=False))
+        writes.write_text(paths[k], json.dumps(stories[k], ensure_ascii=False))
         if progress:
             progress("writing stories", len(stories), len(wanted))
 
