@@ -112,7 +112,8 @@ def parse_layer_range(text: str) -> tuple[int, int] | None:
                                  "the method its records are shaped for.")
 @click.option("--layers", "layer_spec", default="auto", show_default=True,
               help="llama.cpp layers A-B (tensors direction.A … direction.B), or auto: the band "
-                   "where emotions separate best.")
+                   "where emotions separate best (for the prebuilt vectors' recipe, their band, "
+                   "which that search found, so only those layers are read).")
 @click.option("--strength", type=float, help="Recommended strength stored in the file, as a "
                                               "fraction of each layer's residual norm. Default: "
                                               "the calibrated strength of the prebuilt vector "

@@ -19,8 +19,11 @@ Needs the ``export`` extra (transformers, optimum-onnx, torch); the rest of edge
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -84,7 +87,7 @@ def export_model(model: Model, precision: str = "fp32", *, force: bool = False,
     if current(out, precision) and not force:      # no torch, no GGUF parse to reuse an export
         say(f"using the cached export in {out}")
         return out
-    with one_gguf_reader():
+    with one_gguf_parse():
         info = gguf_info(model.path)
         if (out / MANIFEST).is_file() and not force:
             say(f"the int8 export in {out} was quantized the older way; exporting it again")
@@ -106,14 +109,17 @@ def export_model(model: Model, precision: str = "fp32", *, force: bool = False,
 
 
 @contextlib.contextmanager
-def one_gguf_reader():
-    """Within the block, the GGUF file is parsed once: every ``gguf.GGUFReader(path)`` call,
+def one_gguf_parse():
+    """Within the block, a GGUF header is parsed once. Every ``gguf.GGUFReader(path)`` call,
     transformers' too (it reads the header for the config, again for the tokenizer and again
-    for the tokenizer's config), returns the first reader of that path. A header with a
-    150,000-token vocabulary takes seconds to parse, and an export read it five times."""
+    for the tokenizer's config), returns the first reader of that path: a header with a
+    150,000-token vocabulary takes seconds to parse, and an export read it five times. What
+    transformers derives from a header is kept too: ``load_gguf_checkpoint`` without tensors
+    (config and tokenizer, four calls, a second each on the default model) and gguf's tensor
+    name map (built again for each of several hundred modules: 5 s on the default model)."""
     import gguf
 
-    made = gguf.GGUFReader
+    made, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
     readers: dict = {}
 
     def reader(path, mode="r"):
@@ -125,10 +131,51 @@ def one_gguf_reader():
         return readers[key]
 
     gguf.GGUFReader = reader
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
+    try:
+        with parsed_once():
+            yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = made, name_map
+
+
+@contextlib.contextmanager
+def parsed_once():
+    """transformers' ``load_gguf_checkpoint(path)`` (no tensors) computed once per path in the
+    block, a copy handed to each caller (they edit what they get)."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:                      # the export extra is missing: said later, plainly
+        yield
+        return
+    original = getattr(gguf_utils.load_gguf_checkpoint, "__wrapped__",
+                       gguf_utils.load_gguf_checkpoint)
+    results: dict = {}
+
+    @functools.wraps(original)
+    def load(path, return_tensors=False, model_to_load=None):
+        if return_tensors or model_to_load is not None or results.get("closed"):
+            return original(path, return_tensors, model_to_load)
+        key = os.path.realpath(path)
+        if key not in results:
+            results[key] = original(path)
+        return copy.deepcopy(results[key])
+
+    def binds(module) -> bool:
+        fn = getattr(module, "load_gguf_checkpoint", None)
+        return getattr(fn, "__wrapped__", fn) is original
+
+    bound = [m for name, m in list(sys.modules.items())
+             if name.split(".")[0] == "transformers" and binds(m)]
+    for module in bound:
+        module.load_gguf_checkpoint = load   # modules imported in the block bind it themselves
     try:
         yield
     finally:
-        gguf.GGUFReader = made
+        results.clear()
+        results["closed"] = True             # a module that bound it meanwhile gets the original
+        for module in bound:
+            module.load_gguf_checkpoint = original
 
 
 def require_export_extra() -> None:

@@ -48,6 +48,15 @@ class Activations:
     def emotions(self) -> list[str]:
         return [label for label in self.by_label if label != emotions.NEUTRAL]
 
+    def only(self, layers: Sequence[int]) -> "Activations":
+        """These activations at a subset of their layers."""
+        missing = sorted(set(layers) - set(self.layers))
+        if missing:
+            raise EdgeemoError(f"hidden states {missing} were not read")
+        at = [self.layers.index(k) for k in layers]
+        return Activations(self.method, list(layers), {k: v[:, at] for k, v in self.by_label.items()},
+                           self.norms[at], self.info)
+
 
 def steerable_layers(n_layer: int) -> list[int]:
     """Hidden-state indices that have a llama.cpp control-vector layer (see vectors.py)."""
@@ -80,13 +89,14 @@ def read_pooled(reader: HiddenStateReader, items: Sequence, layers: list[int], *
     if pooling not in POOLINGS:
         raise EdgeemoError(f"unknown pooling '{pooling}': choose one of {', '.join(POOLINGS)}")
     starts = starts or [0] * len(items)
-    pooled, norms = [], []
-    for i, states in enumerate(reader.read(items, layers, batch_size=batch_size)):
-        p, n = pool(states, starts[i], pooling)
-        pooled.append(p)
-        norms.append(n)
+    # shortest first, so that texts of like length share a batch and little is padding
+    order = sorted(range(len(items)), key=lambda i: len(items[i]))
+    pooled, norms = [None] * len(items), [None] * len(items)
+    read = reader.read([items[i] for i in order], layers, batch_size=batch_size)
+    for done, (i, states) in enumerate(zip(order, read), start=1):
+        pooled[i], norms[i] = pool(states, starts[i], pooling)
         if progress:
-            progress(label, i + 1, len(items))
+            progress(label, done, len(items))
     return np.stack(pooled).astype(np.float32), np.stack(norms)
 
 
@@ -238,8 +248,8 @@ def generation(runtime, reader: HiddenStateReader, labels: list[str] | None = No
 def activations(model: models.Model, method: str = "dialogue", *,
                 texts: dict[str, list[str]] | list[dict] | None = None, labels: Sequence[str] | None = None,
                 pooling: str = "mean", precision: str | None = None, seed: int = 0,
-                stories: int = 6, progress: Callable | None = None,
-                say: Callable | None = None) -> Activations:
+                stories: int = 6, layers: Sequence[int] | None = None,
+                progress: Callable | None = None, say: Callable | None = None) -> Activations:
     """Activations of ``model`` by ``method``, from the store's cache when the same inputs were
     seen before (the ONNX export is made if missing; stories are written if missing).
 
@@ -248,7 +258,9 @@ def activations(model: models.Model, method: str = "dialogue", *,
 
     ``texts``: for comprehension, emotion -> texts to read, neutral included (default the shipped
     vignettes); for dialogue, ``{"request", "emotion", "text"}`` rows (default the shipped ones). ``labels`` (generation only): the emotions or concepts to write stories
-    about; default the 20 emotions. Neutral stories are always written.
+    about; default the 20 emotions. Neutral stories are always written. ``layers``: the
+    hidden-state indices to read (default every steerable one); fewer layers read fewer blocks,
+    and a cache of every layer serves any subset.
     """
     if method not in METHODS:
         raise EdgeemoError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
@@ -271,21 +283,33 @@ def activations(model: models.Model, method: str = "dialogue", *,
            "stories": stories if method == "generation" else None}
     if method == "generation":               # stories drawn another way are other texts
         key["sampler"] = STORY_SAMPLER
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    path = store.cache_dir("activations", model.sha256) / f"{digest}.npz"
+    if layers is not None:
+        layers = sorted(set(layers))
+    every_layer = activations_path(model, key)
+    if every_layer.is_file():
+        acts = load_activations(every_layer)
+        return acts if layers is None else acts.only(layers)
+    if layers is not None:
+        key["layers"] = layers
+    path = activations_path(model, key)
     if path.is_file():
         return load_activations(path)
     reader = HiddenStateReader(export.export_model(model, precision, say=say))
     if method == "comprehension":
-        acts = comprehension(reader, texts, pooling=pooling, progress=progress)
+        acts = comprehension(reader, texts, layers=layers, pooling=pooling, progress=progress)
     elif method == "dialogue":
-        acts = dialogue(reader, texts, pooling=pooling, progress=progress)
+        acts = dialogue(reader, texts, layers=layers, pooling=pooling, progress=progress)
     else:
         runtime = EmotionModel(model, seed=seed)
-        acts = generation(runtime, reader, labels, seed=seed, stories=stories, pooling=pooling,
-                          progress=progress)
+        acts = generation(runtime, reader, labels, seed=seed, stories=stories, layers=layers,
+                          pooling=pooling, progress=progress)
     save_activations(acts, path)
     return acts
+
+
+def activations_path(model: models.Model, key: dict):
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return store.cache_dir("activations", model.sha256) / f"{digest}.npz"
 
 
 def save_activations(acts: Activations, path) -> None:

@@ -93,8 +93,15 @@ def make_vectors(model: Model, emotion_names: Sequence[str] | None = None, *,
     if single_file:
         check_output(output, directory=False)
 
+    if layers is None and stimuli_file is None:
+        layers = prebuilt_band(model, plan.method, plan.baseline or "grand", pooling, denoise)
+        if layers is not None:
+            say = say or (lambda msg: None)
+            say(f"steering layers {layers[0]}-{layers[1]}, where the emotions separate best in "
+                f"this model (measured for its prebuilt vectors; --layers to choose others)")
+    read = None if layers is None else list(range(layers[0] + 1, layers[1] + 2))
     acts = activations_for(model, plan.method, targets, stimuli_file=stimuli_file,
-                           pooling=pooling, seed=seed, progress=progress, say=say)
+                           pooling=pooling, seed=seed, layers=read, progress=progress, say=say)
     baseline = plan.baseline or ("grand" if len(acts.emotions) >= 2 else "neutral")
     vecs = vectors_from(acts, targets, layers=layers, strength=plan.strength, baseline=baseline,
                         denoise=denoise)
@@ -196,11 +203,37 @@ def prebuilt_strength(model: Model, vec):
     return at_strength(vec, float(shipped["strength"]), strength_from=f"prebuilt {path.name}")
 
 
+def prebuilt_band(model: Model, method: str, baseline: str, pooling: str,
+                  denoise: int) -> tuple[int, int] | None:
+    """The llama.cpp layers (A, B) of the model's prebuilt vectors when they were made by this
+    recipe from this model file and the shipped texts, else None. The band search over the same
+    activations would find them again (it did for every model shipped), so reading only those
+    layers gives the same vector at a fraction of the reading."""
+    if model.card is None or method == "generation":
+        return None
+    folder = models.shipped_dir("vectors") / model.card.name
+    texts = stimuli.dialogue() if method == "dialogue" else stimuli.comprehension()
+    wanted = {"method": method, "baseline": baseline, "pooling": pooling, "denoise": denoise,
+              "source_sha256": model.sha256, "stimuli_hash": stimuli.stimuli_hash(texts)}
+    bands = set()
+    for path in sorted(folder.glob("*.gguf")):
+        meta = ControlVector.from_gguf(path).metadata
+        if any(meta.get(k) != v for k, v in wanted.items()):
+            return None
+        bands.add(meta.get("layers"))
+    if len(bands) != 1:
+        return None
+    first, last = (int(x) for x in bands.pop().split("-"))
+    return first, last
+
+
 def activations_for(model: Model, method: str, targets: Sequence[str] = (), *,
                     stimuli_file: Path | str | None = None, pooling: str = "mean", seed: int = 0,
-                    progress=None, say=None) -> extract.Activations:
+                    layers: Sequence[int] | None = None, progress=None,
+                    say=None) -> extract.Activations:
     """The activations a set of vectors is made from: the shipped stimuli, the user's file, or
-    (generation) stories about each custom concept."""
+    (generation) stories about each custom concept; ``layers``: the hidden states to read
+    (default all)."""
     if method == "generation" and stimuli_file is not None:
         raise EdgeemoError(f"the generation method writes its own stories, so it reads no "
                            f"--stimuli file: use --method comprehension or dialogue to read "
@@ -219,7 +252,7 @@ def activations_for(model: Model, method: str, targets: Sequence[str] = (), *,
         raise EdgeemoError(f"'{custom[0]}' is not one of the 20 emotions: the {method} method "
                            f"needs its texts, give them with --stimuli FILE.jsonl")
     return extract.activations(model, method, texts=texts, labels=labels, pooling=pooling,
-                               seed=seed, progress=progress, say=say)
+                               seed=seed, layers=layers, progress=progress, say=say)
 
 
 def layer_report(model: Model, method: str, *, pooling: str = "mean", seed: int = 0,

@@ -61,7 +61,7 @@ def tiny(tiny_paths) -> dict:
 def test_an_export_parses_the_gguf_once_and_writes_the_same_bytes(tiny_paths, tmp_path,
                                                                   monkeypatch):
     """transformers reads a GGUF's header for the config, the tokenizer and its config, and the
-    export twice more; one_gguf_reader makes that one parse (seconds on a large vocabulary)
+    export twice more; one_gguf_parse makes that one parse (seconds on a large vocabulary)
     without changing a byte of the export. Reusing an export parses nothing."""
     import gguf
 
@@ -81,7 +81,7 @@ def test_an_export_parses_the_gguf_once_and_writes_the_same_bytes(tiny_paths, tm
     for shared in (True, False):
         monkeypatch.setenv("EDGEEMO_HOME", str(tmp_path / f"shared-{shared}"))
         if not shared:
-            monkeypatch.setattr(export, "one_gguf_reader", contextlib.nullcontext)
+            monkeypatch.setattr(export, "one_gguf_parse", contextlib.nullcontext)
         parses.clear()
         out = export.export_model(model, "fp32")
         made[shared] = (digest(out / export.ONNX_NAME), digest(out / export.TOKENIZER), len(parses))

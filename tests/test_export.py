@@ -53,6 +53,30 @@ def test_padding_does_not_change_a_texts_states(default_reader):
     np.testing.assert_allclose(alone, batched, rtol=1e-3, atol=1e-3)
 
 
+def test_a_read_computes_only_the_blocks_below_its_deepest_layer(default_reader):
+    """onnxruntime runs every node of a graph whatever is fetched, so the reader prunes the
+    graph after the deepest layer asked for; the states are those of the whole graph."""
+    from edgeemo.reader import pruned_graph
+
+    texts = ["The kettle clicked off.", "The train left the station at nine and ran on."]
+    shallow = list(default_reader.read(texts, layers=[5, 12]))
+    assert [o.name for o in default_reader.session_for(12).get_outputs()] == \
+        [f"hidden_states.{k}" for k in range(13)]
+    whole = list(default_reader.read(texts, layers=[5, 12, 30]))
+    assert len(default_reader.session_for(30).get_outputs()) == 31
+    for part, full in zip(shallow, whole):
+        np.testing.assert_allclose(part, full[:2], rtol=1e-5, atol=1e-5)
+
+    def matmuls(graph) -> int:
+        return sum(node.op_type == "MatMul" for node in graph.node)
+
+    path = default_reader.dir / export.ONNX_NAME
+    pruned = onnx.load_model_from_string(pruned_graph(path, ["hidden_states.12"])).graph
+    everything = onnx.load(str(path), load_external_data=False).graph
+    assert matmuls(pruned) < 0.45 * matmuls(everything)     # 12 of 30 blocks
+    assert len(pruned.initializer) < len(everything.initializer)
+
+
 def test_reader_rejects_out_of_range_layers(default_reader):
     with pytest.raises(ValueError, match="outside 0..30"):
         next(default_reader.read(["hi"], layers=[31]))

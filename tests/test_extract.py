@@ -176,6 +176,57 @@ def test_the_default_recipe_follows_the_texts(tmp_path):
         check_settings(["nostalgia"], baseline="grand")
 
 
+def test_the_prebuilt_band_is_used_only_for_its_own_recipe():
+    """A vector made the way the prebuilt ones were (same model file, texts, method, baseline,
+    pooling) reads only their band; any other recipe searches for its own."""
+    from edgeemo.make import prebuilt_band
+    from edgeemo.vectors import ControlVector
+
+    model = models.resolve("smollm2-135m-instruct")
+    shipped = ControlVector.from_gguf(models.shipped_dir("vectors") / model.card.name /
+                                      "afraid.gguf").metadata["layers"]
+    assert prebuilt_band(model, "dialogue", "grand", "mean", 0) == \
+        tuple(int(x) for x in shipped.split("-"))
+    for method, baseline, pooling, denoise in (("dialogue", "neutral", "mean", 0),
+                                               ("comprehension", "grand", "mean", 0),
+                                               ("generation", "grand", "mean", 0),
+                                               ("dialogue", "grand", "last", 0),
+                                               ("dialogue", "grand", "mean", 2)):
+        assert prebuilt_band(model, method, baseline, pooling, denoise) is None
+
+
+def test_a_subset_of_layers_comes_from_the_cache_of_every_layer(comprehension_acts,
+                                                                 monkeypatch):
+    def no_reading(*args, **kwargs):
+        raise AssertionError("read again")
+
+    monkeypatch.setattr(extract, "HiddenStateReader", no_reading)
+    part = extract.activations(models.resolve("smollm2-135m-instruct"), "comprehension",
+                               layers=[16, 10])
+    assert part.layers == [10, 16]
+    at = [comprehension_acts.layers.index(k) for k in (10, 16)]
+    for label, states in comprehension_acts.by_label.items():
+        np.testing.assert_array_equal(part.by_label[label], states[:, at])
+    np.testing.assert_array_equal(part.norms, comprehension_acts.norms[at])
+
+
+@pytest.mark.slow
+def test_reading_only_the_band_pools_what_a_full_read_pools(default_export):
+    """The first vector reads only the band's layers. Attention sinks are found on the layers
+    read, so this checks that the pooled states are still those of a read of every layer."""
+    from edgeemo.reader import HiddenStateReader
+
+    reader = HiddenStateReader(default_export)
+    rows = [r for r in stimuli.dialogue()
+            if r["request"] in {q["request"] for q in stimuli.dialogue()[:42:21]}]
+    band = [15, 16, 17, 18, 19]
+    full = extract.dialogue(reader, rows).only(band)
+    part = extract.dialogue(reader, rows, layers=band)
+    for label, states in full.by_label.items():
+        np.testing.assert_allclose(part.by_label[label], states, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(part.norms, full.norms, rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_the_default_vector_is_the_kind_that_ships_at_its_strength(default_export, tmp_path):
     from edgeemo.make import make_vectors
