@@ -150,7 +150,49 @@ def test_the_judge_reads_tone_from_hand_written_replies(judge):
     assert np.mean(np.array(p) > 0.5) >= 0.75 and np.mean(p) > 0.52, p
     same = judge.preferred([requests[0]], [text[requests[0], "angry"]],
                            [text[requests[0], "angry"]], ["angry"])[0]
-    assert abs(same - 0.5) < 1e-6                 # both orders cancel a position bias exactly
+    # both orders cancel a position bias; the second reading reuses the first one's cache, so
+    # llama.cpp's sums differ a little (measured 0.004)
+    assert abs(same - 0.5) < 0.01
+
+
+@pytest.mark.slow
+def test_prompts_read_in_a_row_share_their_tokens_and_not_their_verdicts(judge, monkeypatch):
+    """The judge asks about pairs that begin alike in a row and does not read their common
+    beginning again (the same request; the same plain reply shown first); each verdict is the
+    one the prompt gets read from scratch."""
+    from edgeemo import _llama, stimuli
+
+    rows = stimuli.dialogue()
+    text = {(r["request"], r["emotion"]): r["text"] for r in rows}
+    requests = list(dict.fromkeys(r["request"] for r in rows))[3:5]
+    pairs = [(q, e) for q in requests for e in ("afraid", "happy", "angry")]
+    asked = ([q for q, _ in pairs], [text[q, e] for q, e in pairs],
+             [text[q, "neutral"] for q, _ in pairs], [e for _, e in pairs])
+    evaluate, read = _llama.evaluate, []
+
+    def counting(llm, ids, *, cached=0):
+        read.append(len(ids) - cached)
+        evaluate(llm, ids, cached=cached)
+
+    monkeypatch.setattr(_llama, "evaluate", counting)
+    together = judge.preferred(*asked)
+    on_task = judge.on_task(asked[0], asked[1])
+    shared = sum(read)
+    reader = judge.reader
+
+    def alone(method, *args):
+        _llama.reset(reader.llm)
+        return method(*args)
+
+    read.clear()
+    expected = [(alone(reader.prefers, q, s, n, e) + 1 - alone(reader.prefers, q, n, s, e)) / 2
+                for q, s, n, e in zip(*asked)]
+    expected_on_task = [alone(reader.answers, q, s) for q, s in zip(*asked[:2])]
+    assert shared < 0.85 * sum(read), (shared, sum(read))
+    # llama.cpp's sums depend a little on how a prompt is cut into batches: over 60 recorded
+    # pairs, P(steered) moved by 0.007 on average, 0.022 at most
+    np.testing.assert_allclose(together, expected, atol=0.03)
+    np.testing.assert_allclose(on_task, expected_on_task, atol=0.03)
 
 
 # --- steering of the real default model, judged -----------------------------------------------------

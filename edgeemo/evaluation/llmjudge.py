@@ -9,7 +9,10 @@ The judge model (:data:`JUDGE_MODELS`, first one that is not the steered model i
 its own chat template, to answer with one word from the 20 emotions and "neutral". Nothing is
 sampled: one forward pass per text, and the next-token logits at the labels' first tokens, put
 through a softmax over the 21 labels, give a probability for each. The instructions and the label
-list come before the text, so that prefix is evaluated once and every text reuses its cache.
+list come before the text, so that prefix is evaluated once and every text reuses its cache; more
+generally, whatever a prompt shares with the one before (the same request, the same first reply
+of a pair) is not read again, and the questions are asked in the order that shares most. The
+judge reads prompts at about 50 tokens/s on two cores (the 1.5B), so tokens not read are time.
 
 It reads text only, never hidden states, and shares no data with any vector: it is an
 independent judge of every extraction method. Its verdict on a steered reply is the change of
@@ -101,22 +104,27 @@ class LLMJudge(ScoredJudge):
         return [None if not t.strip() else self.reader.tone(t) for t in texts]
 
     def on_task(self, requests: list[str], texts: list[str]) -> list[float]:
-        """``P(yes)`` that each reply responds to its request (0 for an empty reply)."""
-        return [0.0 if not t.strip() else self.reader.answers(r, t) for r, t in zip(requests, texts)]
+        """``P(yes)`` that each reply responds to its request (0 for an empty reply). The replies
+        to one request are asked about in a row, so the request is read once for all of them."""
+        out = [0.0] * len(texts)
+        for i in sorted((i for i, t in enumerate(texts) if t.strip()), key=lambda i: requests[i]):
+            out[i] = self.reader.answers(requests[i], texts[i])
+        return out
 
     def preferred(self, requests: list[str], steered: list[str], plain: list[str],
                   emotions: list[str]) -> list[float]:
         """``P(steered)``: that each steered reply sounds more like its emotion than the plain
-        reply to the same request, averaged over both orders (0 for an empty steered reply)."""
-        out = []
-        for request, a, b, emotion in zip(requests, steered, plain, emotions):
-            if not a.strip():
-                out.append(0.0)
-                continue
-            first = self.reader.prefers(request, a, b, emotion)        # steered shown as A
-            second = self.reader.prefers(request, b, a, emotion)       # steered shown as B
-            out.append((first + 1.0 - second) / 2)
-        return out
+        reply to the same request, averaged over both orders (0 for an empty steered reply).
+        Pairs that begin alike are asked about in a row: with the steered reply shown first, the
+        request is read once per request; with the plain reply first, request and plain reply
+        are read once for all the steered replies compared with it."""
+        live = [i for i, t in enumerate(steered) if t.strip()]
+        first = {i: self.reader.prefers(requests[i], steered[i], plain[i], emotions[i])
+                 for i in sorted(live, key=lambda i: requests[i])}
+        second = {i: self.reader.prefers(requests[i], plain[i], steered[i], emotions[i])
+                  for i in sorted(live, key=lambda i: (requests[i], plain[i]))}
+        return [(first[i] + 1.0 - second[i]) / 2 if i in first else 0.0
+                for i in range(len(steered))]
 
 
 def pick_judge_model(steered, wanted: str | None = None,
@@ -152,7 +160,6 @@ class _LabelReader:
         self.label_tokens = first_tokens(self.llm, LABELS)
         self.yes_no = first_tokens(self.llm, ("yes", "no"))
         self.a_b = first_tokens(self.llm, (" A", " B"))     # after the prefilled "Reply"
-        self._cached: tuple[int, ...] = ()
         self._around = self._template()
 
     def _template(self) -> tuple[list[int], list[int]]:
@@ -163,24 +170,19 @@ class _LabelReader:
         split = next(i for i, (a, b) in enumerate(zip(head, tail)) if a != b)
         return head[:split], head[split + len(self._tok("\x01")):]
 
-    def _ids(self, ask: str, pieces: list[str], end: str) -> tuple[list[int], int]:
-        """Token ids of the whole prompt, and the length of the part that never changes."""
+    def _ids(self, ask: str, pieces: list[str], end: str) -> list[int]:
+        """Token ids of the whole prompt: instructions, the pieces, the closing question."""
         before, after = self._around
-        fixed = before + self._tok(ask)
         body = [t for piece in pieces for t in self._tok(piece)]
-        return fixed + body + self._tok(end) + after, len(fixed)
+        return before + self._tok(ask) + body + self._tok(end) + after
 
     def _tok(self, text: str) -> list[int]:
         return _llama.tokenize(self.llm, text, bos=False)
 
-    def _logits(self, ids: list[int], fixed: int) -> np.ndarray:
-        """Next-token logits after ``ids``, reusing the cached fixed prefix when it is the same."""
-        prefix = tuple(ids[:fixed])
-        if self._cached != prefix:
-            _llama.reset(self.llm)
-            _llama.evaluate(self.llm, list(prefix))
-            self._cached = prefix
-        _llama.evaluate(self.llm, ids, cached=fixed)
+    def _logits(self, ids: list[int]) -> np.ndarray:
+        """Next-token logits after ``ids``. The leading tokens the cache holds from the prompt
+        before (the instructions, the same request, the same first reply) are not read again."""
+        _llama.evaluate(self.llm, ids, cached=_llama.cached_prefix(self.llm, ids, len(ids) - 1))
         return _llama.last_logits(self.llm)
 
     def _clip(self, text: str, limit: int = MAX_TEXT_TOKENS) -> str:
@@ -190,14 +192,12 @@ class _LabelReader:
         return _llama.detokenize(self.llm, ids[:limit]).decode("utf-8", errors="ignore")
 
     def tone(self, text: str) -> dict[str, float]:
-        ids, fixed = self._ids(ASK_TONE, [self._clip(text)], ASK_TONE_END)
-        logits = self._logits(ids, fixed)
+        logits = self._logits(self._ids(ASK_TONE, [self._clip(text)], ASK_TONE_END))
         return label_logprobs(logits, self.label_tokens, LABELS)
 
     def answers(self, request: str, text: str) -> float:
-        ids, fixed = self._ids(ASK_TASK, ["Request: ", self._clip(request), "\n\nReply: ",
-                                          self._clip(text)], ASK_TASK_END)
-        logits = self._logits(ids, fixed)
+        logits = self._logits(self._ids(ASK_TASK, ["Request: ", self._clip(request),
+                                                   "\n\nReply: ", self._clip(text)], ASK_TASK_END))
         return float(np.exp(label_logprobs(logits, self.yes_no, ("yes", "no"))["yes"]))
 
     def prefers(self, request: str, a: str, b: str, emotion: str) -> float:
@@ -205,8 +205,8 @@ class _LabelReader:
         limit = MAX_TEXT_TOKENS // 2                    # three texts must fit in N_CTX
         pieces = ["Request: ", self._clip(request, limit), '\n\nReply A:\n"""\n',
                   self._clip(a, limit), '\n"""\n\nReply B:\n"""\n', self._clip(b, limit), '\n"""']
-        ids, fixed = self._ids(ASK_PAIR, pieces, ASK_PAIR_END.format(emotion=emotion))
-        logits = self._logits(ids + self._tok(PAIR_ANSWER), fixed)   # the answer begun for it
+        ids = self._ids(ASK_PAIR, pieces, ASK_PAIR_END.format(emotion=emotion))
+        logits = self._logits(ids + self._tok(PAIR_ANSWER))          # the answer begun for it
         return float(np.exp(label_logprobs(logits, self.a_b, (" A", " B"))[" A"]))
 
 
