@@ -148,13 +148,17 @@ def parsed_once():
     except ImportError:                      # the export extra is missing: said later, plainly
         yield
         return
-    original = getattr(gguf_utils.load_gguf_checkpoint, "__wrapped__",
-                       gguf_utils.load_gguf_checkpoint)
+    found = getattr(gguf_utils, "load_gguf_checkpoint", None)
+    if found is None:                        # another transformers: parse as it does
+        yield
+        return
+    original = getattr(found, "__wrapped__", found)
     results: dict = {}
+    block = {"open": True}
 
     @functools.wraps(original)
     def load(path, return_tensors=False, model_to_load=None):
-        if return_tensors or model_to_load is not None or results.get("closed"):
+        if return_tensors or model_to_load is not None or not block["open"]:
             return original(path, return_tensors, model_to_load)
         key = os.path.realpath(path)
         if key not in results:
@@ -173,7 +177,7 @@ def parsed_once():
         yield
     finally:
         results.clear()
-        results["closed"] = True             # a module that bound it meanwhile gets the original
+        block["open"] = False                # a module that bound it meanwhile gets the original
         for module in bound:
             module.load_gguf_checkpoint = original
 
