@@ -276,11 +276,11 @@ def last_logits(llm) -> np.ndarray:
 
 def score_logits(llm, ids: Sequence[int], first: int) -> np.ndarray:
     """Evaluate ``ids`` on a :func:`load_scorer` model; the logits that predict ``ids[first:]``
-    (row j predicts ``ids[first + j]``), as float64. The leading tokens the cache holds from the
+    (row j predicts ``ids[first + j]``), as float32 (a copy). The leading tokens the cache holds from the
     text before (a chat template's system prompt, the same request) are not read again, up to
     the prompt's last token, whose logits are always computed afresh."""
     evaluate(llm, ids, cached=cached_prefix(llm, ids, first - 1))
-    return np.asarray(llm.scores[first - 1:len(ids) - 1], dtype=np.float64)
+    return np.array(llm.scores[first - 1:len(ids) - 1], dtype=np.float32)
 
 
 def hidden_states(llm, text: str) -> np.ndarray:

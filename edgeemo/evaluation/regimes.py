@@ -165,9 +165,11 @@ class Scorer:
             raise EdgeemoError(f"the reply is {len(reply_ids)} tokens, more than the scorer's "
                                f"context of {self.n_ctx}")
         logits = _llama.score_logits(self.llm, prompt_ids + reply_ids, len(prompt_ids))
+        picked = logits[np.arange(len(reply_ids)), reply_ids].astype(np.float64)
         top = logits.max(axis=1, keepdims=True)
-        log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-        return logits[np.arange(len(reply_ids)), reply_ids] - log_norm
+        np.exp(np.subtract(logits, top, out=logits), out=logits)   # in place: (T, vocab) floats
+        log_norm = top[:, 0].astype(np.float64) + np.log(logits.sum(axis=1, dtype=np.float64))
+        return picked - log_norm
 
     def perplexity(self, prompt_ids: Sequence[int], reply: str) -> float | None:
         """exp(−mean log-probability) of the reply's tokens; None for an empty reply."""
