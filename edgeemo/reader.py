@@ -157,9 +157,10 @@ class HiddenStateReader:
         for k in layers:
             if not 0 <= k <= self.n_layer:
                 raise ValueError(f"hidden-state index {k} is outside 0..{self.n_layer}")
+        if not layers:
+            raise ValueError("give at least one hidden-state index to read")
         outputs = [f"hidden_states.{k}" for k in layers]
-        if layers:
-            self.session_for(max(layers))
+        self.session_for(max(layers))
         batch: list[list[int]] = []
         for item in items:
             ids = self.tokenize(item) if isinstance(item, str) else list(item)
