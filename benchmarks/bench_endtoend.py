@@ -63,7 +63,7 @@ def make_vectors(model_name: str, method: str, emotion_names: list[str] | None,
     names = list(emotion_names or emotions.EMOTIONS)
     baseline = "grand" if method == "dialogue" else "neutral"
     band = make.prebuilt_band(model, method, baseline, "mean", 0) if not texts_per_label else None
-    layers = None if band is None else list(range(band[0] + 1, band[1] + 2))
+    layers = None if band is None else make.hidden_states_of(band)
     step("load")
     if method == "comprehension":
         texts = stimuli.comprehension(names)

@@ -14,6 +14,7 @@ activations (``extract.py``, cached in the store) -> the layer band where emotio
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -61,6 +62,11 @@ def band_for(acts: extract.Activations, layers: tuple[int, int] | None) -> tuple
     return a + 1, b + 1                                   # llama.cpp N -> hidden_states N + 1
 
 
+def hidden_states_of(layers: tuple[int, int]) -> list[int]:
+    """The hidden-state indices that llama.cpp layers ``(A, B)`` steer (see ``vectors.py``)."""
+    return list(range(layers[0] + 1, layers[1] + 2))
+
+
 def make_vectors(model: Model, emotion_names: Sequence[str] | None = None, *,
                  method: str | None = None, layers: tuple[int, int] | None = None,
                  strength: float | None = None, stimuli_file: Path | str | None = None,
@@ -99,7 +105,7 @@ def make_vectors(model: Model, emotion_names: Sequence[str] | None = None, *,
             say = say or (lambda msg: None)
             say(f"steering layers {layers[0]}-{layers[1]}, where the emotions separate best in "
                 f"this model (measured for its prebuilt vectors; --layers to choose others)")
-    read = None if layers is None else list(range(layers[0] + 1, layers[1] + 2))
+    read = None if layers is None else hidden_states_of(layers)
     acts = activations_for(model, plan.method, targets, stimuli_file=stimuli_file,
                            pooling=pooling, seed=seed, layers=read, progress=progress, say=say)
     baseline = plan.baseline or ("grand" if len(acts.emotions) >= 2 else "neutral")
@@ -191,16 +197,27 @@ def prebuilt_strength(model: Model, vec):
     """``vec`` at the strength calibrated for the prebuilt vector of its emotion when that file
     was made the same way (same model file, texts, method, baseline, pooling and layers: the same
     direction), else ``vec`` as it is (at ``vectors.DEFAULT_STRENGTH``)."""
+    name = vec.metadata["emotion"]
+    shipped = prebuilt_metadata(model).get(name)
+    if not shipped or not shipped.get("calibrated") or any(
+            shipped.get(k) != vec.metadata.get(k) for k in SAME_RECIPE):
+        return vec
+    return at_strength(vec, float(shipped["strength"]), strength_from=f"prebuilt {name}.gguf")
+
+
+def prebuilt_metadata(model: Model) -> dict[str, dict]:
+    """The metadata of the model's prebuilt vectors by emotion ({} for a model without them;
+    read only). A file is read again only when it changed (``calibrate --prebuilt`` rewrites
+    them)."""
     if model.card is None:
-        return vec
-    path = models.shipped_dir("vectors") / model.card.name / f"{vec.metadata['emotion']}.gguf"
-    if not path.is_file():
-        return vec
-    shipped = ControlVector.from_gguf(path).metadata
-    if not shipped.get("calibrated") or any(shipped.get(k) != vec.metadata.get(k)
-                                            for k in SAME_RECIPE):
-        return vec
-    return at_strength(vec, float(shipped["strength"]), strength_from=f"prebuilt {path.name}")
+        return {}
+    paths = sorted((models.shipped_dir("vectors") / model.card.name).glob("*.gguf"))
+    return {p.stem: _metadata(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths}
+
+
+@functools.lru_cache(maxsize=256)
+def _metadata(path: str, mtime_ns: int, size: int) -> dict:
+    return ControlVector.from_gguf(path).metadata
 
 
 def prebuilt_band(model: Model, method: str, baseline: str, pooling: str,
@@ -209,18 +226,15 @@ def prebuilt_band(model: Model, method: str, baseline: str, pooling: str,
     recipe from this model file and the shipped texts, else None. The band search over the same
     activations would find them again (it did for every model shipped), so reading only those
     layers gives the same vector at a fraction of the reading."""
-    if model.card is None or method == "generation":
+    shipped = prebuilt_metadata(model)
+    if not shipped or method == "generation":
         return None
-    folder = models.shipped_dir("vectors") / model.card.name
     texts = stimuli.dialogue() if method == "dialogue" else stimuli.comprehension()
     wanted = {"method": method, "baseline": baseline, "pooling": pooling, "denoise": denoise,
               "source_sha256": model.sha256, "stimuli_hash": stimuli.stimuli_hash(texts)}
-    bands = set()
-    for path in sorted(folder.glob("*.gguf")):
-        meta = ControlVector.from_gguf(path).metadata
-        if any(meta.get(k) != v for k, v in wanted.items()):
-            return None
-        bands.add(meta.get("layers"))
+    if any(meta.get(k) != v for meta in shipped.values() for k, v in wanted.items()):
+        return None
+    bands = {meta.get("layers") for meta in shipped.values()}
     if len(bands) != 1:
         return None
     first, last = (int(x) for x in bands.pop().split("-"))
