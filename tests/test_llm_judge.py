@@ -81,6 +81,23 @@ def test_replies_are_grouped_by_run_for_identification_and_the_first_choice():
     assert set(chat["intervals"]) >= {"success llm", "identification llm", "top_emotion llm"}
 
 
+def test_a_reply_the_judge_could_not_read_is_a_miss_not_the_end_of_identification():
+    def scores(**kv):
+        return {**dict.fromkeys([*EMOTIONS, "neutral"], -9.0), **kv}
+
+    # one request, three emotions; the reply steered toward happy came out empty (no scores)
+    result = {"settings": {"emotions": ["afraid", "happy", "sad"], "strengths": [0.05],
+                           "judges": ["llm"], "seeds": [0]},
+              "samples": [_sample("afraid", "r01", 0, scores(afraid=-0.1, happy=-3.0)),
+                          _sample("happy", "r01", 0, None, success=False),
+                          _sample("sad", "r01", 0, scores(afraid=-4.0, sad=-0.2))]}
+    chat = summary.chat_summary(result)
+    # afraid and sad are the best-rated replies for their emotions; happy's cannot be
+    assert chat["identification"]["llm"]["top1"] == pytest.approx(2 / 3, abs=1e-4)
+    assert chat["identification"]["llm"]["n"] == 3
+    assert chat["top_emotion"]["llm"]["top1"] == pytest.approx(2 / 3, abs=1e-4)
+
+
 def test_margins_come_from_the_margin_pairs_when_there_are_some():
     base = {e: 0.0 for e in ["afraid"]}
     result = {"settings": {"emotions": ["afraid"], "strengths": [0.05], "judges": ["llm"]},

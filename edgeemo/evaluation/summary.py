@@ -146,16 +146,22 @@ def chat_summary(result: dict) -> dict:
             out["preferred"][judge] = _rate([s["preferred"][judge] > 0.5 for s in samples])
             ci[f"preferred {judge}"] = interval(samples, lambda s: s["preferred"][judge] > 0.5,
                                                 _prompt)
-        if not all(s["judges"][judge].get("scores") for s in samples) or not samples:
+        # a judge that scores replies; a reply it could not read (empty) is a miss below
+        scored = [s["judges"][judge]["scores"] for s in samples
+                  if s["judges"][judge].get("scores")]
+        if not scored:
             continue
-        if "neutral" in samples[0]["judges"][judge]["scores"]:       # a label-set judge
+        if "neutral" in scored[0]:                                     # a label-set judge
             prior = label_prior(result, judge)
-            first = [first_choice(s["judges"][judge]["scores"], prior) == s["emotion"]
-                     for s in samples]
+
+            def named(s, prior):
+                scores = s["judges"][judge].get("scores")
+                return bool(scores) and first_choice(scores, prior) == s["emotion"]
+
+            first = [named(s, prior) for s in samples]
             out["top_emotion"][judge] = {
                 "top1": _rate(first), "chance": 0.05, "prior": bool(prior),
-                "top1_raw": _rate([first_choice(s["judges"][judge]["scores"]) == s["emotion"]
-                                   for s in samples])}
+                "top1_raw": _rate([named(s, None) for s in samples])}
             ci[f"top_emotion {judge}"] = interval(list(zip(samples, first)), lambda p: p[1],
                                                   lambda p: p[0]["scenario"])
         if len(names) < 2:
@@ -165,8 +171,9 @@ def chat_summary(result: dict) -> dict:
             groups.setdefault((*row_key(s), _setting(s)), {})[s["emotion"]] = s
         hits = []
         for group in groups.values():
+            rated = [r for r in group.values() if r["judges"][judge].get("scores")]
             for e, s in group.items():
-                best = max(group.values(), key=lambda r: r["judges"][judge]["scores"][e])
+                best = max(rated, key=lambda r: r["judges"][judge]["scores"][e], default=None)
                 hits.append((s["scenario"], best is s))
         out["identification"][judge] = {"top1": _rate([h for _, h in hits]),
                                         "chance": round(1 / len(names), 4), "n": len(hits)}
