@@ -74,7 +74,10 @@ Every set is then judged the same way, as ``edgeemo evaluate`` does it, with the
 2. each set at its strength on the held-out requests (``held_out``: the 12 requests calibration
    never sees), seeds ``seeds``, margins from the calibration requests (``margins``): what
    ``edgeemo evaluate --strengths recommended --seeds 0,1,2 --judges llm`` does with the
-   vectors at that strength.
+   vectors at that strength. The rule breaks a tie toward the weaker strength, and a sweep cell
+   is only (emotions × requests) replies, so each set is also judged the same way at the
+   strongest strength of its window when that differs (setting ``strongest``): the most it can
+   be pushed while staying on task, so that no set is compared only at a needlessly weak one.
 
 Reported per set: success (moved beyond the judge's margin, on task and coherent),
 identification (among the emotions' replies to one request, the target's is the one the judge
@@ -84,11 +87,14 @@ identification; the unsteered on-task rate) and the judge's ceiling, computed fr
 scores of ``records/judge-ceiling-llm.json`` (the same judge on the 600 hand-written tone
 replies of dialogue.jsonl): the share of hand-written replies that move beyond this run's
 margin, identification among the evaluated emotions, and the judge's own on-task verdict on
-them. The full evaluate results are in the report's data and, with the vectors, in ``workdir``
+them. The full evaluate results, every reply with its scores, go to ``records`` (default
+``records/peers-<model>/<set>/``, none in the quick run; results.json keeps their summaries)
+and, with the vectors, to ``workdir``
 (a new temp directory unless set; a result found there is reused, so an interrupted run can
-go on). The quick run (2 emotions, 2 requests, 1 strength, 1 seed, 24 tokens) means nothing; it
-skips the generator unless it is already built, and prints an estimate of the full run's time
-from its per-reply times.
+go on; the time and memory of making a set are kept beside it, in made.json). The quick run
+(2 emotions, 2 requests, 1 strength, 1 seed, 24 tokens) means nothing; it skips the generator
+unless it is already built, and prints an estimate of the full run's time from its per-reply
+times.
 """
 
 from __future__ import annotations
@@ -133,11 +139,13 @@ FULL = {"model": benchlib.DEFAULT_MODEL, "emotions": "all",
         "sweep_requests": "r05,r08,r10,r14", "sweep_margins": "r16,r17,r18,r20", "sweep_seed": 0,
         "edgeemo_strengths": "auto", "foreign_strengths": "auto",
         "held_out": "held-out", "margins": "calibration", "seeds": "0,1,2", "tokens": 60,
-        "judge_model": None, "build": True, "install": True, "repeng": "repeng==0.4.0",
-        "workdir": None, "timeout": None}
+        "strongest": True, "judge_model": None, "build": True, "install": True,
+        "repeng": "repeng==0.4.0", "workdir": None, "records": "records/peers-{model}",
+        "timeout": None}
 QUICK = {"emotions": "afraid,happy", "sweep_requests": "r05,r08", "sweep_margins": "judged",
          "edgeemo_strengths": "0.08", "foreign_strengths": "6", "held_out": 2,
-         "margins": "judged", "seeds": "0", "tokens": 24, "build": False, "timeout": 1800}
+         "margins": "judged", "seeds": "0", "tokens": 24, "strongest": False, "build": False,
+         "records": None, "timeout": 1800}
 
 TOOLS = Path(os.environ.get("EDGEEMO_BENCH_TOOLS") or Path.home() / ".cache" / "edgeemo-bench")
 GENERATOR = "llama-cvector-generator"
@@ -398,7 +406,7 @@ def judge_set(model_name: str, vector_dir: str, names: list[str], sweep: dict, h
     vector set; each evaluate result is also written to ``cache`` (and read from there when
     present)."""
     from edgeemo.evaluation import calibration
-    from edgeemo.evaluation.evaluate import evaluate
+    from edgeemo.evaluation.evaluate import evaluate, summarize
     from edgeemo.evaluation.prompts import prompt_sets
     from edgeemo.evaluation.llmjudge import LLMJudge
     from edgeemo.steer import EmotionModel
@@ -426,8 +434,9 @@ def judge_set(model_name: str, vector_dir: str, names: list[str], sweep: dict, h
         key = json.dumps([files, model_name, emotions, strengths, [s["id"] for s in scenarios],
                           [s["id"] for s in margin_scenarios], seeds, tokens, judge_model])
         path = cache_dir / f"{label}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
-        if path.is_file():
-            return json.loads(path.read_text()), True
+        if path.is_file():             # summarized again, by the code of this run
+            result = json.loads(path.read_text())
+            return {**result, "summary": summarize(result)}, True
         result = evaluate(runtime, emotions, strengths, scenarios, seeds=seeds,
                           margin_scenarios=margin_scenarios, max_tokens=tokens, judges=["llm"],
                           on_task=True, judge_options=options)
@@ -450,10 +459,20 @@ def judge_set(model_name: str, vector_dir: str, names: list[str], sweep: dict, h
         scenarios = scenarios[:spec]
     evaluated, reused_held = run(f"held-out-{strength:g}", names, [strength], scenarios, margins,
                                  held["seeds"])
+    # the rule breaks ties toward the weaker strength, and a sweep cell is a few replies: each set
+    # is also judged at the strongest strength of its window (the most it can be pushed while
+    # staying on task), when that differs, so that no set is compared at a needlessly weak one
+    strongest, reused_strongest = None, False
+    top = max(choice["window"], default=None)
+    if held.get("strongest") and top is not None and top != strength:
+        strongest, reused_strongest = run(f"held-out-{top:g}", names, [top], scenarios, margins,
+                                          held["seeds"])
     LLMJudge.release()
     return {"sweep": swept, "choice": choice, "strength": strength, "flagged": flagged,
-            "judge_load_seconds": load_seconds,
-            "held_out": evaluated, "reused": {"sweep": reused_sweep, "held_out": reused_held}}
+            "judge_load_seconds": load_seconds, "held_out": evaluated,
+            "strongest": None if strongest is None else {"strength": top, "held_out": strongest},
+            "reused": {"sweep": reused_sweep, "held_out": reused_held,
+                       "strongest": reused_strongest}}
 
 
 # --- the judge's ceiling --------------------------------------------------------------------------
@@ -545,10 +564,19 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
     timeout = settings["timeout"]
 
     def already_made(key: str, out: Path) -> bool:
-        """A set already in the given workdir (an earlier, interrupted run) is used again."""
+        """A set already in the given workdir (an earlier, interrupted run) is used again, with
+        the time and memory that run measured when it kept them (made.json)."""
         if settings["workdir"] and all((out / f"{n}.gguf").is_file() for n in names):
-            report.skip(f"{key}: make the vectors", f"the vectors are already in {out}: used "
-                        f"again, not made or timed in this run")
+            kept = out / "made.json"
+            if kept.is_file():
+                saved = json.loads(kept.read_text())
+                report.rows.extend({**r, "note": (r["note"] + "; " if r["note"] else "")
+                                    + "measured by an earlier run in this work directory"}
+                                   for r in saved["rows"])
+                made[key] = saved["made"]
+            else:
+                report.skip(f"{key}: make the vectors", f"the vectors are already in {out}: "
+                            f"used again, not made or timed in this run")
             dirs[key] = out
             if key.startswith("cvector"):
                 dirs[f"{key}-raw"] = out / "raw"
@@ -562,6 +590,11 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
                    headline=True)
         made[key] = benchlib.rounded({k: v for k, v in stage.items() if k != "memory"})
 
+    def keep_made(key: str, out: Path, first_row: int) -> None:
+        """What making ``key`` measured, kept beside its vectors for a later run (already_made)."""
+        (out / "made.json").write_text(json.dumps({"rows": report.rows[first_row:],
+                                                   "made": made[key]}) + "\n")
+
     if "edgeemo" in wanted and not already_made("edgeemo", work / "edgeemo"):
         with report.part("edgeemo: make the vectors"):
             out = work / "edgeemo"
@@ -574,10 +607,12 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
             finally:
                 shutil.rmtree(home, ignore_errors=True)
             v = stage["value"]
+            first = len(report.rows)
             maker_rows("edgeemo", stage, f"reads {v['texts']} replies once (all emotions and "
                        f"neutral: the grand mean needs them); " + ", ".join(
                            f"{k} {s:.1f} s" for k, s in v["steps"].items())
                        + "; the ONNX export it reads is made once per model, not counted")
+            keep_made("edgeemo", out, first)
             dirs["edgeemo"] = out
 
     pairs = {}
@@ -615,6 +650,7 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
                                       pairs[kind], str(out), threads, timeout=timeout)
             v = stage["value"]
             flips = {e: len(f) for e, f in v["flipped_layers"].items()}
+            first = len(report.rows)
             stage["wall"] = v["seconds"]["pca"]        # the tool's own runs, as a user runs it
             maker_rows(f"cvector-{kind}", stage,
                        f"{sum(v['pairs'].values())} pairs, one run per emotion, method pca "
@@ -626,6 +662,7 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
                        round(sum(flips.values()) / max(1, len(flips)), 1), "layers",
                        note=f"per emotion, of the file's layers: "
                             + ", ".join(f"{e} {n}" for e, n in flips.items()))
+            keep_made(f"cvector-{kind}", out, first)
             dirs[f"cvector-{kind}"] = out
             dirs[f"cvector-{kind}-raw"] = out / "raw"
 
@@ -645,12 +682,14 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
                 stage = benchlib.isolated(make_repeng, paths["gguf"], pairs["tone"], str(out),
                                           threads, timeout=timeout)
                 v = stage["value"]
+                first = len(report.rows)
                 maker_rows("repeng", stage, f"{sum(len(p) for p in pairs['tone'].values())} "
                            f"pairs, ControlVector.train defaults (pca_diff, layers "
                            f"{v['layers'][0]}-{v['layers'][1]}); " + ", ".join(
                                f"{k} {s:.1f} s" for k, s in v["steps"].items()))
                 if v["shim"]:
                     report.note(f"compatibility shim for repeng: {v['shim']}")
+                keep_made("repeng", out, first)
                 dirs["repeng"] = out
     report.data["making"] = made
     with report.part("norms of the vector files"):
@@ -659,7 +698,7 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
     sweep_names = [e for e in str(settings["sweep_emotions"]).split(",") if e in names] or names
     seeds = [int(s) for s in str(settings["seeds"]).split(",") if s.strip()]
     held = {"requests": settings["held_out"], "margins": str(settings["margins"]),
-            "seeds": seeds}
+            "seeds": seeds, "strongest": bool(settings["strongest"])}
     results = {}
     for key in [s for s in wanted if s in dirs]:
         foreign = key != "edgeemo"
@@ -702,10 +741,49 @@ def run(quick: bool = False, threads: int | None = None, overrides: list[str] | 
                             f"request (all 20: {pct(ceiling['identification_all_20'])})")
         report.row("the judge's ceiling: on task", None if ceiling["on_task"] is None
                    else 100 * ceiling["on_task"], "%", note=ceiling["on_task_how"])
-    report.data["results"] = results
     with report.part("estimate of the full run"):
         estimate(report, results, made, names, quick)
+    report.data["results"] = {key: slim(value) for key, value in results.items()}
+    if settings["records"]:
+        with report.part("keep every reply and score"):
+            where = keep_records(results, benchlib.ROOT / str(settings["records"]).format(
+                model=model))
+            report.note(f"every steered reply and its scores (the evaluate results of each "
+                        f"set): {os.path.relpath(where, benchlib.ROOT)}")
     return report.to_dict()
+
+
+BULKY = ("samples", "baseline", "chance", "margin_pairs")
+
+
+def slim(value: dict) -> dict:
+    """A set's results without the replies themselves (kept by keep_records), for results.json."""
+    def lean(result):
+        return None if result is None else {k: v for k, v in result.items() if k not in BULKY}
+
+    out = {**value, "sweep": lean(value["sweep"]), "held_out": lean(value["held_out"])}
+    if value.get("strongest"):
+        out["strongest"] = {**value["strongest"], "held_out": lean(value["strongest"]["held_out"])}
+    return out
+
+
+def keep_records(results: dict, directory: Path) -> Path:
+    """Each set's evaluate results, replies included, as <set>/<sweep|held-out-S>.json (the
+    strength in the set's own units: a llama.cpp scale for the peers)."""
+    for key, value in results.items():
+        factor = value.get("scale_factor", 1.0)
+        runs = {"sweep": value["sweep"], f"held-out-{value['strength'] * factor:g}":
+                value["held_out"]}
+        if value.get("strongest"):
+            top = value["strongest"]
+            runs[f"held-out-{top['strength'] * factor:g}"] = top["held_out"]
+        (directory / key).mkdir(parents=True, exist_ok=True)
+        for name, result in runs.items():
+            target = directory / key / f"{name}.json"
+            part = target.with_suffix(".json.part")
+            part.write_text(json.dumps(result) + "\n")
+            part.replace(target)
+    return directory
 
 
 def norms(dirs: dict, names: list[str]) -> dict:
@@ -765,14 +843,30 @@ def quality_rows(report, key: str, value: dict, foreign: bool) -> None:
     report.row(f"{label}: coherent", 100 * chat["coherent"], "%",
                note=f"95% interval{ci(iv.get('coherent'))}; unsteered replies "
                     f"{pct(sm['regimes']['baseline'].get('surgical'))} surgical")
-    timing = [value["sweep"]["timing"], result["timing"]]
+    if value.get("strongest"):
+        top = value["strongest"]
+        tc = top["held_out"]["summary"]["chat"]
+        tid = tc["identification"].get("llm") or {}
+        tiv = tc["intervals"]
+        report.row(f"{label}: at the strongest strength of its window "
+                   f"({top['strength'] * factor:g})", None if tc["success"].get("llm") is None
+                   else 100 * tc["success"]["llm"], "%", headline=True,
+                   note=f"success, 95% interval{ci(tiv.get('success llm'))}; identification "
+                        f"{pct(tid.get('top1'))}{ci(tiv.get('identification llm'))}; on task "
+                        f"{pct(tc['on_task'])}{ci(tiv.get('on_task'))}; coherent "
+                        f"{pct(tc['coherent'])}; moved {pct(tc['moved'].get('llm'))}; the same "
+                        f"requests, seeds and margin as the row above")
+    timing = [value["sweep"]["timing"], result["timing"]] + (
+        [value["strongest"]["held_out"]["timing"]] if value.get("strongest") else [])
     replies = sum(t["replies"] for t in timing)
-    report.row(f"{label}: evaluation time", value["wall"], "s",
+    seconds = sum(t["total_seconds"] for t in timing)
+    report.row(f"{label}: evaluation time", seconds, "s",
                note=f"{replies} replies (sweep and held-out) generated and judged, "
-                    f"{value['wall'] / max(1, replies):.2f} s per reply; peak "
-                    f"{value['peak_mb']:.0f} MB"
-                    + ("; results reused from the work directory"
-                       if any(value["reused"].values()) else ""))
+                    f"{seconds / max(1, replies):.2f} s per reply, as timed when each was made "
+                    f"(the models' loading not counted)"
+                    + (f"; some read from the work directory by this run, peak "
+                       f"{value['peak_mb']:.0f} MB" if any(value["reused"].values())
+                       else f"; peak {value['peak_mb']:.0f} MB"))
 
 
 def replies_in(emotions: int, strengths: int, prompts: int, margin_prompts: int, seeds: int,
@@ -788,10 +882,12 @@ def estimate(report, results: dict, made: dict, names: list[str], quick: bool) -
     judging per reply), at the full settings."""
     gen_s, gen_tok, rest_s, judged, loads = 0.0, 0, 0.0, 0, []
     for value in results.values():
-        if any(value["reused"].values()):
-            continue                    # read from the work directory: its timing is not ours
         loads.append(value["judge_load_seconds"])
-        for r in (value["sweep"], value["held_out"]):
+        # each result's own timing, also for one read from the work directory (timed when made)
+        for r in (value["sweep"], value["held_out"],
+                  (value.get("strongest") or {}).get("held_out")):
+            if r is None:
+                continue
             t = r["timing"]
             gen_s += t["generation_seconds"]
             gen_tok += t["generated_tokens"]
@@ -803,7 +899,8 @@ def estimate(report, results: dict, made: dict, names: list[str], quick: bool) -
     full = FULL
     sweep = replies_in(len(full["sweep_emotions"].split(",")), 5, 4, 4, 1)
     held = replies_in(20, 1, 12, 8, 3)
-    per_set_replies = sweep[0] + held[0]
+    # at most twice the held-out replies: the strongest strength of the window, when it differs
+    per_set_replies = sweep[0] + held[0] * (2 if full["strongest"] else 1)
     tokens = full["tokens"]
     per_set = per_set_replies * (per_token * tokens + per_judged) + 2 * max(loads)
     # edgeemo reads every emotion's replies whatever the number of vectors; the peers run once
