@@ -767,18 +767,23 @@ def slim(value: dict) -> dict:
     return out
 
 
+def evaluations(value: dict) -> dict:
+    """A set's evaluate results by name: sweep, held-out-S (S in the set's own units: a
+    llama.cpp scale for the peers) at the chosen strength and, if judged, the strongest."""
+    factor = value.get("scale_factor", 1.0)
+    runs = {"sweep": value["sweep"],
+            f"held-out-{value['strength'] * factor:g}": value["held_out"]}
+    if value.get("strongest"):
+        top = value["strongest"]
+        runs[f"held-out-{top['strength'] * factor:g}"] = top["held_out"]
+    return runs
+
+
 def keep_records(results: dict, directory: Path) -> Path:
-    """Each set's evaluate results, replies included, as <set>/<sweep|held-out-S>.json (the
-    strength in the set's own units: a llama.cpp scale for the peers)."""
+    """Each set's evaluate results, replies included, as <set>/<name>.json (see evaluations)."""
     for key, value in results.items():
-        factor = value.get("scale_factor", 1.0)
-        runs = {"sweep": value["sweep"], f"held-out-{value['strength'] * factor:g}":
-                value["held_out"]}
-        if value.get("strongest"):
-            top = value["strongest"]
-            runs[f"held-out-{top['strength'] * factor:g}"] = top["held_out"]
         (directory / key).mkdir(parents=True, exist_ok=True)
-        for name, result in runs.items():
+        for name, result in evaluations(value).items():
             target = directory / key / f"{name}.json"
             part = target.with_suffix(".json.part")
             part.write_text(json.dumps(result) + "\n")
@@ -856,8 +861,7 @@ def quality_rows(report, key: str, value: dict, foreign: bool) -> None:
                         f"{pct(tc['on_task'])}{ci(tiv.get('on_task'))}; coherent "
                         f"{pct(tc['coherent'])}; moved {pct(tc['moved'].get('llm'))}; the same "
                         f"requests, seeds and margin as the row above")
-    timing = [value["sweep"]["timing"], result["timing"]] + (
-        [value["strongest"]["held_out"]["timing"]] if value.get("strongest") else [])
+    timing = [r["timing"] for r in evaluations(value).values()]
     replies = sum(t["replies"] for t in timing)
     seconds = sum(t["total_seconds"] for t in timing)
     report.row(f"{label}: evaluation time", seconds, "s",
@@ -884,10 +888,7 @@ def estimate(report, results: dict, made: dict, names: list[str], quick: bool) -
     for value in results.values():
         loads.append(value["judge_load_seconds"])
         # each result's own timing, also for one read from the work directory (timed when made)
-        for r in (value["sweep"], value["held_out"],
-                  (value.get("strongest") or {}).get("held_out")):
-            if r is None:
-                continue
+        for r in evaluations(value).values():
             t = r["timing"]
             gen_s += t["generation_seconds"]
             gen_tok += t["generated_tokens"]
