@@ -11,7 +11,7 @@ import click
 
 from . import models
 from .cli_common import (Progress, emotion_list, json_option, load_runtime, model_argument,
-                         print_json, say, seed_option, threads_option)
+                         print_json, say, threads_option)
 from .errors import EdgeemoError, VectorNotFound, require
 
 DEFAULT_JUDGES = "llm"
@@ -268,7 +268,10 @@ def _pct(x) -> str:
               help="calibration: the 8 calibration requests (r05, r08, r10, r14, r16, r17, r18, "
                    "r20; no evaluation judges them); a number of scenarios (spread over the "
                    "kinds) or comma-separated ids.")
-@seed_option("Sampling seed (same seed, same numbers).")
+@click.option("--seeds", "--seed", "seed_spec", default="0", show_default=True,
+              help="Sampling seeds, comma-separated: one run per seed, pooled in every cell "
+                   "(readers, tone and llm judges; 0,1 lets one reply in 16 miss where one in "
+                   "8 already drops a strength).")
 @click.option("--max-tokens", type=click.IntRange(1, 512), default=48, show_default=True)
 @click.option("--verify", "verify_spec", default="8", show_default=True,
               help="Other prompts the chosen strength must stay surgical on (a number, all, "
@@ -288,7 +291,7 @@ def _pct(x) -> str:
 @click.option("--dry-run", is_flag=True, help="Report the chosen strengths; write no file.")
 @json_option
 @threads_option
-def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, max_tokens,
+def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed_spec, max_tokens,
                       verify_spec, judge, vector_dir, prebuilt, dry_run, json_, threads):
     """Pick each emotion's strength and write it into its vector file.
 
@@ -315,7 +318,8 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
     scenarios = prompts.calibration_prompts(pool) if spec == "calibration" else \
         prompts.select_scenarios(None if spec == "all" else spec, pool=pool)
     verify = _verify_scenarios(verify_spec, [s["id"] for s in scenarios], pool)
-    runtime = load_runtime(model, seed, threads)
+    seeds = _seeds(seed_spec)
+    runtime = load_runtime(model, seeds[0], threads)
     if judge == "llm":
         from .evaluation.llmjudge import pick_judge_model
 
@@ -329,7 +333,9 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed, m
             "cross-fit)")
     chosen = calibration.calibrate_vectors(runtime, names, strengths, scenarios, prebuilt=prebuilt,
                                            vector_dir=vector_dir, dry_run=dry_run,
-                                           sources=sources, seed=seed, max_tokens=max_tokens,
+                                           sources=sources, seed=seeds[0],
+                                           seeds=seeds if len(seeds) > 1 else None,
+                                           max_tokens=max_tokens,
                                            judge=judge, verify=verify, progress=Progress())
     if json_:
         print_json(chosen)

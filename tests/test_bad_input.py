@@ -11,9 +11,9 @@ an address-space limit. Most fail in argument checking before any model loads.
 Hand-written cases by command (``python -m pytest tests/test_bad_input.py --collect-only -q``):
 
     models 5, pull 14, export-model 11, export-vector 31, inspect 16, layers and compare-methods
-    16, probe 11, generate 42, chat 23, evaluate and calibrate 31, under memory and time limits 7,
+    16, probe 11, generate 42, chat 23, evaluate and calibrate 32, under memory and time limits 7,
     Python API (no model) 24, Python API (real model) 25
-    -> 256 in tables, 269 with the single tests below them; plus generated damaged GGUF files
+    -> 257 in tables, 270 with the single tests below them; plus generated damaged GGUF files
     (hypothesis) as vectors (inspect) and as models (pull PATH), and tests/test_ggufcheck.py's
     fuzzing of the header check.
 
@@ -582,6 +582,7 @@ CALIBRATE = [
     case("calibrate", "--scenarios", "r999", "unknown scenario id"),
     case("calibrate", "--max-tokens", "0", "max-tokens"),
     case("calibrate", "--seed", "-3", "seed"),
+    case("calibrate", "--seeds", "0,x", "bad --seeds"),
     case("calibrate", "--vectors", "/no/such/dir", "does not exist"),
     case("calibrate", "--vectors", "a-file", "is a file"),
     case("calibrate", "no-such-model", "unknown model"),

@@ -479,6 +479,31 @@ def test_calibration_answers_the_verify_prompts_unsteered_once_for_every_emotion
     assert calls[1] and len(calls[1]) == 1 and calls[1][0].strip()
 
 
+def test_calibration_pools_several_seeds_in_each_cell(runtime, monkeypatch):
+    """With seeds 0 and 1, each strength's on-task share is taken over both runs' replies
+    (twice the replies of one seed), and the seeds are recorded; the older scenario judges
+    take one seed only and say so."""
+    real, results = calibration.evaluate, []
+
+    def spy(*args, **kwargs):
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(calibration, "evaluate", spy)
+    scenarios = prompts.select_scenarios("r05", pool="requests")
+    chosen = calibration.calibrate(runtime, [EMOTION], strengths=(0.03,), scenarios=scenarios,
+                                   seeds=(0, 1), max_tokens=8, readers=["reader-smollm2"])
+    info, samples = chosen[EMOTION], results[0]["samples"]
+    assert info["seeds"] == [0, 1] and sorted(s["run"] for s in samples) == [0, 1]
+    assert samples[0]["text"] != samples[1]["text"]
+    shares = [s["on_task"]["on_task"] for s in samples]
+    assert info["per_strength"]["0.03"]["on_task_share"] == pytest.approx(np.mean(shares))
+    with pytest.raises(EdgeemoError, match="several seeds"):
+        calibration.calibrate(runtime, [EMOTION], strengths=(0.03,), judge="lexicon",
+                              seeds=(0, 1), scenarios=scenarios, max_tokens=8)
+    runtime.clear()
+
+
 @pytest.mark.slow
 def test_calibrate_one_emotion_writes_the_chosen_strength(runtime, tmp_path):
     from edgeemo.steer import find_vector

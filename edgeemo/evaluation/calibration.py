@@ -36,8 +36,8 @@ JUDGE_CHOICES = ("readers", "tone", "llm", "both", "lexicon", "probe")
 
 
 def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIBRATION_STRENGTHS,
-              scenarios: Sequence[dict] | None = None, *, seed: int = 0, max_tokens: int = 48,
-              judge: str = "readers", use_probe: bool = True, threads: int | None = None,
+              scenarios: Sequence[dict] | None = None, *, seed: int = 0,
+              seeds: Sequence[int] | None = None, max_tokens: int = 48, judge: str = "readers", use_probe: bool = True, threads: int | None = None,
               verify: Sequence[dict] | None = None, readers: Sequence[str] | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
     """Per emotion, the strength to recommend, with the evidence.
@@ -50,6 +50,9 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
     coherent, and the success is the readers' mean of "moved, on task and coherent". The other
     judges keep the older rule below. ``readers`` replaces the held-out vignette readers (for
     example ``judges.TONE_READERS``, within :func:`judges.tone_readers_from` for dialogue vectors).
+    ``seeds`` (these judges only): one run per seed, pooled in every cell; with 8 requests and
+    one seed a single reply off task already drops a strength out of the window (7 of 8 is
+    below 90%), with two seeds one reply in 16 may miss.
 
     The window is the strengths whose replies are at least :data:`SURGICAL_WINDOW` surgical;
     within it the strength with the best success rate wins, the smaller one on a tie. The
@@ -66,7 +69,10 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
         raise EdgeemoError(f"unknown judge '{judge}': use {', '.join(JUDGE_CHOICES)}")
     if judge == "probe" and not use_probe:
         raise EdgeemoError("the probe judge needs use_probe=True")
+    if seeds is not None and judge not in ("readers", "tone", "llm"):
+        raise EdgeemoError(f"several seeds need --judge readers, tone or llm, not '{judge}'")
     strengths = sorted(float(s) for s in strengths)
+    seed = seed if seeds is None else seeds[0]
     model = _load_runtime(model, seed, threads)            # one model for every evaluation below
     if judge == "tone":
         judge, readers = "readers", readers or TONE_READERS
@@ -74,7 +80,7 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
         judge, readers = "readers", ("llm",)
     if judge == "readers":
         scenarios = list(scenarios) if scenarios is not None else calibration_prompts("requests")
-        return _calibrate_readers(model, emotions, strengths, scenarios, seed=seed,
+        return _calibrate_readers(model, emotions, strengths, scenarios, seed=seed, seeds=seeds,
                                   max_tokens=max_tokens, verify=verify, progress=progress,
                                   readers=readers)
     scenarios = list(scenarios) if scenarios is not None else calibration_prompts("scenarios")
@@ -110,10 +116,10 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
 
 
 def _calibrate_readers(model, emotions, strengths, scenarios, *, seed, max_tokens, verify,
-                       progress, readers=None) -> dict[str, dict]:
+                       progress, readers=None, seeds=None) -> dict[str, dict]:
     readers = list(readers or READERS)
-    result = evaluate(model, emotions, strengths, scenarios, seed=seed, max_tokens=max_tokens,
-                      judges=readers, on_task=True, chance=True, progress=progress)
+    result = evaluate(model, emotions, strengths, scenarios, seed=seed, seeds=seeds,
+                      max_tokens=max_tokens, judges=readers, on_task=True, chance=True, progress=progress)
     cells = result["summary"]["chat"]["cells"]
     out, unsteered = {}, []       # the verify prompts' unsteered replies, made once for all
     for name in result["settings"]["emotions"]:
@@ -133,8 +139,9 @@ def _calibrate_readers(model, emotions, strengths, scenarios, *, seed, max_token
             "surgical_share": None if best is None else best["surgical_share"],
             "on_task_share": None if best is None else best["on_task_share"],
             "window": [r["strength"] for r in window], "judge": ",".join(readers),
-            "per_strength": rows,
-            "seed": seed, "max_tokens": max_tokens, "scenarios": [s["id"] for s in scenarios],
+            "per_strength": rows, "seed": result["settings"]["seed"],
+            "seeds": result["settings"]["seeds"], "max_tokens": max_tokens,
+            "scenarios": [s["id"] for s in scenarios],
             "model": result["settings"]["model"],
             "margins": {j: result["settings"]["margins"][j] for j in readers},
         }
@@ -252,6 +259,7 @@ def apply_calibration(vector_path: Path | str, strength: float, info: dict | Non
         if info.get("per_strength") else None,
         "calibration_scenarios": len(info["scenarios"]) if info.get("scenarios") else None,
         "calibration_seed": info.get("seed"),
+        "calibration_seeds": info.get("seeds") if len(info.get("seeds") or ()) > 1 else None,
         "calibration_verify_scenarios": len(info["verified"]["scenarios"])
         if info.get("verified") else None,
     }
