@@ -34,7 +34,7 @@ from . import _llama, export, models
 from .errors import EdgeemoError, ModelFileError
 from .reader import HiddenStateReader
 from .steer import vector_dirs
-from .vectors import ControlVector
+from .vectors import ControlVector, recommended_strength
 
 PARITY_TEXTS = (
     "The old lighthouse keeper climbed the stairs every evening to light the lamp.",
@@ -112,8 +112,8 @@ def vector_bands(model: models.Model, arch: str, n_embd: int, n_layer: int) -> l
             vec = ControlVector.from_gguf(path)
             layers |= set(vec.layers)
             methods.add(str(vec.metadata.get("method", "unknown")))
-            if isinstance(vec.metadata.get("strength"), float):
-                strengths.append(vec.metadata["strength"])
+            if recommended_strength(vec) is not None:
+                strengths.append(recommended_strength(vec))
             try:
                 vec.check_compatible(arch, n_embd, n_layer, model.name)
             except EdgeemoError:

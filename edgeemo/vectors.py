@@ -26,6 +26,10 @@ A strength is a fraction of each steered layer's typical residual norm (the unit
 Jeong use). An edgeemo vector stores its tensors *at* its recommended strength:
 ``direction.N = unit direction × strength × residual_norm[N]``, with ``edgeemo.strength`` and
 ``edgeemo.residual_norm`` in the metadata, so stock llama.cpp at scale 1.0 steers at that strength.
+Stock llama.cpp steers the prompt's tokens too, and edgeemo by default only the reply's, so a
+calibrated file may carry a second, larger ``edgeemo.reply_strength``: the strength edgeemo's
+reply-only steering applies when none is asked for, while the tensors stay at the one that keeps
+whole-sequence greedy replies coherent (``edgeemo calibrate --stock``).
 This module owns that definition: :data:`DEFAULT_STRENGTH`, :data:`MAX_STRENGTH`,
 :func:`check_strength`, :func:`at_strength` (make or re-scale a vector) and :func:`scale_for`
 (the factor that takes a file's tensors to another strength). A foreign vector (llama.cpp's
@@ -319,37 +323,57 @@ def check_strength(strength: Any, *, positive: bool = False) -> float:
     return value
 
 
-def recommended_strength(vec: ControlVector) -> float | None:
-    """The strength a vector's tensors are stored at; None for a foreign vector (or a bad value)."""
-    value = vec.metadata.get("strength")
+def _strength_value(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     value = float(value)
     return value if np.isfinite(value) and 0 < abs(value) <= MAX_STRENGTH else None
 
 
-def scale_for(vec: ControlVector, strength: float | None) -> tuple[float, float]:
+def recommended_strength(vec: ControlVector, *, whole_sequence: bool = False) -> float | None:
+    """The strength to steer with when none is asked for: for reply-only steering (edgeemo's
+    default) the file's ``reply_strength`` when it has one, else (and for ``whole_sequence``, the
+    prompt steered too, as stock llama.cpp does) the strength its tensors are stored at. None
+    for a foreign vector (or a bad value)."""
+    stored = _strength_value(vec.metadata.get("strength"))
+    if whole_sequence or stored is None:
+        return stored
+    reply = _strength_value(vec.metadata.get("reply_strength"))
+    return stored if reply is None else reply
+
+
+def scale_for(vec: ControlVector, strength: float | None, *,
+              whole_sequence: bool = False) -> tuple[float, float]:
     """``(scale, applied)``: the factor on the file's tensors that steers at ``strength``.
 
-    ``strength`` None means the vector's own: scale 1. A foreign vector has no strength, so a
-    number given for it is the scale itself (as ``--control-vector-scaled F:S`` in llama.cpp).
+    ``strength`` None means the vector's own (:func:`recommended_strength` for the steering
+    mode). A foreign vector has no strength, so a number given for it is the scale itself (as
+    ``--control-vector-scaled F:S`` in llama.cpp), and None is scale 1.
     """
-    recommended = recommended_strength(vec)
+    stored = _strength_value(vec.metadata.get("strength"))
     if strength is None:
-        return 1.0, recommended if recommended is not None else 1.0
+        if stored is None:
+            return 1.0, 1.0
+        strength = recommended_strength(vec, whole_sequence=whole_sequence)
+        return strength / stored, strength
     strength = check_strength(strength)
-    return (strength / recommended if recommended else strength), strength
+    return (strength / stored if stored else strength), strength
 
 
 def _unit(d: np.ndarray) -> np.ndarray:
     return d / (np.linalg.norm(d, axis=-1, keepdims=True) + 1e-12)
 
 
-def at_strength(vec: ControlVector, strength: float, **metadata) -> ControlVector:
+def at_strength(vec: ControlVector, strength: float, *, reply_strength: float | None = None,
+                **metadata) -> ControlVector:
     """The vector with each tensor set to its unit direction × ``strength`` × that layer's
     residual norm (``metadata["residual_norm"]``, in layer order), and its metadata updated
-    (``strength``, ``direction_scale``, plus ``metadata``). Used to make, calibrate and re-scale."""
+    (``strength``, ``direction_scale``, plus ``metadata``). Used to make, calibrate and re-scale.
+    ``reply_strength``: the strength of reply-only steering when it differs from ``strength``
+    (see the module's docstring); a re-scale without it drops the file's old one."""
     strength = check_strength(strength, positive=True)
+    if reply_strength is not None:
+        reply_strength = check_strength(reply_strength, positive=True)
     norms = vec.metadata.get("residual_norm")
     if not isinstance(norms, list) or len(norms) != len(vec.layers):
         raise EdgeemoError(f"{vec.source or 'the vector'} has no per-layer residual_norm metadata "
@@ -364,5 +388,8 @@ def at_strength(vec: ControlVector, strength: float, **metadata) -> ControlVecto
         scale = np.float32(strength) * np.float32(norm)  # float32, as the tensors are
         directions[layer] = _unit(d) * scale
         scales.append(float(scale))
-    meta = {**vec.metadata, "strength": strength, "direction_scale": scales, **metadata}
+    meta = {**{k: v for k, v in vec.metadata.items() if k != "reply_strength"},
+            "strength": strength, "direction_scale": scales, **metadata}
+    if reply_strength is not None and reply_strength != strength:
+        meta["reply_strength"] = reply_strength
     return ControlVector(vec.model_hint, vec.n_embd, directions, meta, source=vec.source)

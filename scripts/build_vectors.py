@@ -3,7 +3,7 @@
     python scripts/build_vectors.py                       # comprehension-based
     python scripts/build_vectors.py --method generation --seed 0
     python scripts/build_vectors.py --method dialogue --baseline grand \
-        --calibration records/calibration-dialogue.json     # the shipped files
+        --calibration records/calibration-smollm2-llm.json     # the shipped files
 
 The shipped vectors are dialogue − grand mean, made from all 30 requests of dialogue.jsonl. The
 recipe was chosen on cross-fit vectors (made from half of the requests, judged by tone readers made
@@ -16,10 +16,11 @@ Comprehension stays the command's default: it separates the emotions best when r
 
 Runs ``edgeemo.make.make_vectors``, the same code as `edgeemo export-vector --all`, and writes
 vectors/<model>/<emotion>.gguf at the default strength. Same inputs and seed give byte-identical
-files. With ``--calibration`` each file is then set to the strength chosen for it there
-(``scripts/dialogue_crossfit.py --calibrate`` writes that file); otherwise calibrate them with
+files. With ``--calibration`` each file is then set to the strength chosen for it there, and to
+its stock llama.cpp strength when the record has one (``edgeemo calibrate --json`` prints such a
+record's ``chosen``); otherwise calibrate them with
 
-    edgeemo calibrate --emotions all --prebuilt --threads 1
+    edgeemo calibrate --emotions all --prebuilt --threads 2
 """
 
 import argparse

@@ -25,14 +25,20 @@ def main() -> int:
     from edgeemo.evaluation import prompts
     from edgeemo.evaluation import regimes
     from edgeemo.steer import EmotionModel
+    from edgeemo.vectors import recommended_strength
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--vectors", type=Path, help="a directory of <emotion>.gguf files "
+                        "(default: the model's, as chat finds them)")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "records" / "stock-coherence.json")
     args = parser.parse_args()
 
-    runtime = EmotionModel(args.model, threads=1, steer_prompt=True)
+    runtime = EmotionModel(args.model, threads=args.threads, steer_prompt=True)
+    if args.vectors:
+        runtime.load_vectors(args.vectors, EMOTIONS)
     requests = prompts.select_scenarios(8, exclude=prompts.CALIBRATION_REQUESTS, pool="requests")
     rows = {}
     for name in (None, *EMOTIONS):
@@ -41,13 +47,16 @@ def main() -> int:
                                     repeat_penalty=1.0) for r in requests]
         labels = [regimes.classify_text(t) for t in replies]
         rows[name or "unsteered"] = {
-            "strength": runtime.mix.get(name), "regimes": dict(zip((r["id"] for r in requests),
+            "strength": runtime.mix.get(name),
+            "reply_strength": None if name is None else recommended_strength(runtime.vector(name)),
+            "regimes": dict(zip((r["id"] for r in requests),
                                                                    labels)),
             "surgical": round(labels.count("surgical") / len(labels), 4),
             "replies": replies}
         print(f"{name or 'unsteered':14} {rows[name or 'unsteered']['surgical']:.2f} surgical",
               flush=True)
-    result = {"model": args.model, "requests": [r["id"] for r in requests],
+    result = {"model": args.model, "vectors": str(args.vectors or "the model's"),
+              "requests": [r["id"] for r in requests],
               "max_tokens": args.max_tokens, "decoding": "greedy, repeat penalty 1.0, prompt "
               "steered too (stock llama.cpp)", "rows": rows}
     writes.write_text(args.out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")

@@ -435,8 +435,10 @@ def test_evaluate_is_reproducible(runtime, tmp_path):
 
 @pytest.mark.slow
 def test_recommended_strength_is_each_vectors_own(runtime):
+    from edgeemo.vectors import recommended_strength
+
     scenarios = prompts.select_scenarios(2)
-    own = runtime.vector(EMOTION).metadata["strength"]
+    own = recommended_strength(runtime.vector(EMOTION))        # the reply strength, if any
     result = ev.evaluate(runtime, [EMOTION], [None], scenarios, seed=0, max_tokens=24,
                          use_probe=False, chance=False)
     # the baseline of the first run is reused, not answered again: same samples all the same
@@ -502,6 +504,37 @@ def test_calibration_pools_several_seeds_in_each_cell(runtime, monkeypatch):
         calibration.calibrate(runtime, [EMOTION], strengths=(0.03,), judge="lexicon",
                               seeds=(0, 1), scenarios=scenarios, max_tokens=8)
     runtime.clear()
+
+
+def test_stock_strength_steps_down_until_stock_llama_cpp_replies_hold(runtime, tmp_path):
+    """Far too strong for whole-sequence greedy replies, 0.6 is stepped down; the file then
+    holds the stock strength in its tensors and the calibrated one for reply-only steering."""
+    from edgeemo.steer import find_vector
+    from edgeemo.vectors import ControlVector
+
+    scenarios = prompts.select_scenarios("r05,r08", pool="requests")
+    unsteered = []
+    found = calibration.stock_strength(runtime, EMOTION, 0.6, scenarios, max_tokens=48,
+                                       unsteered=unsteered)
+    assert len(unsteered) == 2 and found["unsteered_surgical"] >= 1, unsteered
+    tried = [float(k) for k in found["tried"]]
+    assert tried[0] == 0.6 and tried == sorted(tried, reverse=True)
+    assert tried[-1] == found["strength"]
+    assert found["tried"]["0.6"]["failed"] > 2 - found["unsteered_surgical"]
+    assert found["strength"] < 0.6 and runtime.mix == {}
+    info = {"strength": 0.08, "per_strength": {}, "stock": {**found, "strength": 0.04}}
+    out = calibration.apply_calibration(find_vector(runtime.model, EMOTION), 0.08, info,
+                                        output=tmp_path / f"{EMOTION}.gguf")
+    vec = ControlVector.from_gguf(out)
+    assert vec.metadata["strength"] == 0.04 and vec.metadata["reply_strength"] == 0.08
+    assert vec.metadata["calibration_stock_held"] is found["held"]
+    try:
+        runtime.vectors[EMOTION] = runtime.vector(str(out))
+        assert runtime.steer({EMOTION: None}) == {EMOTION: 0.08}
+        assert runtime.steer({EMOTION: None}, steer_prompt=True) == {EMOTION: 0.04}
+    finally:
+        runtime.vectors.pop(EMOTION, None)
+        runtime.clear()
 
 
 @pytest.mark.slow

@@ -58,6 +58,38 @@ def test_scale_for_own_foreign_and_asked_strengths():
         vectors.scale_for(own, "0.1")
 
 
+def test_a_file_safe_for_stock_llama_cpp_keeps_its_reply_strength_for_edgeemo():
+    """Tensors at the strength stock llama.cpp can take (prompt steered too); edgeemo's
+    reply-only steering at the larger calibrated one, whole-sequence at the tensors' own."""
+    vec = vectors.at_strength(_raw(), 0.04, reply_strength=0.08)
+    assert vec.metadata["strength"] == 0.04 and vec.metadata["reply_strength"] == 0.08
+    for layer, norm in zip(vec.layers, (100.0, 200.0)):
+        assert np.linalg.norm(vec.directions[layer]) == pytest.approx(0.04 * norm, rel=1e-6)
+    assert vectors.recommended_strength(vec) == 0.08
+    assert vectors.recommended_strength(vec, whole_sequence=True) == 0.04
+    assert vectors.scale_for(vec, None) == pytest.approx((2.0, 0.08))
+    assert vectors.scale_for(vec, None, whole_sequence=True) == (1.0, 0.04)
+    assert vectors.scale_for(vec, 0.02) == pytest.approx((0.5, 0.02))
+    # a re-scale that does not give it drops the old one; an equal one is not stored
+    assert "reply_strength" not in vectors.at_strength(vec, 0.06).metadata
+    assert "reply_strength" not in vectors.at_strength(_raw(), 0.05, reply_strength=0.05).metadata
+    with pytest.raises(EdgeemoError):
+        vectors.at_strength(_raw(), 0.04, reply_strength=-0.1)
+
+
+def test_calibration_sets_the_stock_strength_never_above_the_reply_one():
+    from edgeemo.evaluation import calibration
+
+    vec = calibration.with_stock(_raw(), 0.08, {"strength": 0.04, "held": True})
+    assert vec.metadata["strength"] == 0.04 and vec.metadata["reply_strength"] == 0.08
+    assert vec.metadata["calibration_stock_held"] is True
+    again = calibration.with_stock(vec, 0.06, None)          # calibrated again, no stock check
+    assert again.metadata["strength"] == 0.06
+    assert not {"reply_strength", "calibration_stock_held"} & set(again.metadata)
+    held = calibration.with_stock(_raw(), 0.05, {"strength": 0.05, "held": True})
+    assert held.metadata["strength"] == 0.05 and "reply_strength" not in held.metadata
+
+
 def test_a_missing_extra_names_the_pip_install():
     with pytest.raises(MissingExtra) as err:
         require("eval", "edgeemo_no_such_module")

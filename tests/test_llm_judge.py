@@ -223,6 +223,7 @@ PROMPTS = ("How was your day?", "Can you recommend a book for a long weekend?",
 def steered_scores(judge):
     """The judge's scores of unsteered, steered and negated replies (seed 0, 40 tokens)."""
     from edgeemo.steer import EmotionModel
+    from edgeemo.vectors import recommended_strength
 
     runtime = EmotionModel("smollm2-135m-instruct", seed=0, threads=2)
     texts = {}
@@ -230,7 +231,7 @@ def steered_scores(judge):
         runtime.clear()
         texts["none", p] = runtime.generate(p, max_tokens=40, seed=0)
     for e in STEERED:
-        strength = runtime.vector(e).metadata["strength"]
+        strength = recommended_strength(runtime.vector(e))      # as chat steers replies
         for sign, label in ((1, "steered"), (-1, "negated")):
             runtime.steer({e: sign * strength})
             for p in PROMPTS:

@@ -124,7 +124,7 @@ class Reference:
         key = json.dumps([messages, emotion, max_tokens, steer_prompt, sampling], sort_keys=True)
         if key not in self.known:
             rt = self.runtime
-            applied = rt.steer(emotion) if emotion else rt.clear()
+            applied = rt.steer(emotion, steer_prompt=steer_prompt) if emotion else rt.clear()
             options = {"repeat_penalty": 1.0, **GREEDY, **sampling}
             if isinstance(messages, str):                   # a text completion
                 ids = list(rt.stream_ids(rt.text_ids(messages), max_tokens=max_tokens,
@@ -244,6 +244,12 @@ def test_steer_prompt_and_stop_strings(pair, reference):
     reply = chat(client, user(), "fear", steer_prompt=True)
     assert reply.choices[0].message.content == text
     assert reply.model_extra["steer_prompt"] is True
+    # a name takes the strength for the steering asked for: with the prompt steered too, the
+    # one the file's tensors hold (safe in stock llama.cpp), else its reply strength
+    vec = reference.runtime.vector("afraid")
+    assert reply.model_extra["emotion"] == {"afraid": vec.metadata["strength"]} == applied
+    assert chat(client, user(), "fear").model_extra["emotion"] == {
+        "afraid": recommended_strength(vec)}
 
     # a stop string cuts the reply before it, streamed or not
     full, _ = reference(user(), None)

@@ -77,8 +77,10 @@ def test_every_form_of_a_mix_sets_the_same_buffer(runtime, monkeypatch, tmp_path
         applied = runtime.steer(mix)
         return applied, received[-1]
 
+    from edgeemo.vectors import recommended_strength
+
     afraid = find_vector(runtime.model, "afraid")
-    own = runtime.vector("afraid").metadata["strength"]
+    own = recommended_strength(runtime.vector("afraid"))       # its reply_strength, if any
     expected, buf = buffer({"afraid": 0.06, "calm": -0.03})
     for mix in ("fear:0.06,calm:-0.03", {"scared": 0.06, "Calm": -0.03},
                 Mix.parse("afraid:0.06,calm:-0.03")):

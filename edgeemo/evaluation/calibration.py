@@ -11,6 +11,7 @@ rewrites the vector file so stock llama.cpp at scale 1.0 steers at that strength
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,9 +20,10 @@ import numpy as np
 from .. import models, store, writes
 from ..errors import EdgeemoError
 from ..steer import find_vector
-from ..vectors import ControlVector, at_strength
+from ..vectors import ControlVector, at_strength, recommended_strength
 from .evaluate import _load_runtime, evaluate
 from .prompts import calibration_prompts, select_scenarios
+from .regimes import classify_text
 from .judges import READERS, TONE_READERS
 from .report import strength_key
 
@@ -33,12 +35,18 @@ VERIFY_SCENARIOS = 8               # other scenarios the chosen strength must al
 ON_TASK_MIN = 0.90
 COHERENT_MIN = 0.95
 JUDGE_CHOICES = ("readers", "tone", "llm", "both", "lexicon", "probe")
+# stock llama.cpp steers the prompt too; the file's tensors are set to the largest of the chosen
+# strength times these factors at which such replies stay coherent (see stock_strength)
+STOCK_FACTORS = (1.0, 0.75, 0.5, 0.35, 0.25)
+STOCK_TOKENS = 160
 
 
 def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIBRATION_STRENGTHS,
               scenarios: Sequence[dict] | None = None, *, seed: int = 0,
-              seeds: Sequence[int] | None = None, max_tokens: int = 48, judge: str = "readers", use_probe: bool = True, threads: int | None = None,
+              seeds: Sequence[int] | None = None, max_tokens: int = 48, judge: str = "readers",
+              use_probe: bool = True, threads: int | None = None,
               verify: Sequence[dict] | None = None, readers: Sequence[str] | None = None,
+              stock: bool = False,
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
     """Per emotion, the strength to recommend, with the evidence.
 
@@ -53,6 +61,8 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
     ``seeds`` (these judges only): one run per seed, pooled in every cell; with 8 requests and
     one seed a single reply off task already drops a strength out of the window (7 of 8 is
     below 90%), with two seeds one reply in 16 may miss.
+    ``stock`` (these judges only): each chosen strength then gets the strength for stock
+    llama.cpp too (:func:`stock_strength`, on the same requests), as ``info["stock"]``.
 
     The window is the strengths whose replies are at least :data:`SURGICAL_WINDOW` surgical;
     within it the strength with the best success rate wins, the smaller one on a tie. The
@@ -80,9 +90,17 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
         judge, readers = "readers", ("llm",)
     if judge == "readers":
         scenarios = list(scenarios) if scenarios is not None else calibration_prompts("requests")
-        return _calibrate_readers(model, emotions, strengths, scenarios, seed=seed, seeds=seeds,
-                                  max_tokens=max_tokens, verify=verify, progress=progress,
-                                  readers=readers)
+        chosen = _calibrate_readers(model, emotions, strengths, scenarios, seed=seed,
+                                    seeds=seeds, max_tokens=max_tokens, verify=verify,
+                                    progress=progress, readers=readers)
+        unsteered: list = []
+        for name, info in chosen.items() if stock else ():
+            if info["strength"] is not None:
+                info["stock"] = stock_strength(model, name, info["strength"], scenarios,
+                                               unsteered=unsteered, progress=progress)
+        return chosen
+    if stock:
+        raise EdgeemoError(f"the stock check needs --judge readers, tone or llm, not '{judge}'")
     scenarios = list(scenarios) if scenarios is not None else calibration_prompts("scenarios")
     result = evaluate(model, emotions, strengths, scenarios, seed=seed, max_tokens=max_tokens,
                       use_probe=use_probe, chance=False, threads=threads, progress=progress)
@@ -179,6 +197,46 @@ def model_strength(result: dict, judge: str = "llm") -> dict:
             "scenarios": result["settings"]["scenarios"], "model": result["settings"]["model"]}
 
 
+def stock_strength(model, name: str, strength: float, scenarios: Sequence[dict], *,
+                   max_tokens: int = STOCK_TOKENS, unsteered: list | None = None,
+                   progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """The strength at which a file steers safely the way stock llama.cpp applies it.
+
+    Stock llama.cpp (``--control-vector FILE``, scale 1.0) steers the prompt's tokens as well
+    as the reply's, at the file's tensors' strength, and is often run greedy without a
+    repetition penalty: a strength chosen for edgeemo's reply-only steering can then loop ("I'm
+    not sure. I'm not sure. ..."). Each of ``strength`` × :data:`STOCK_FACTORS` is tried in
+    turn, answering ``scenarios`` that way (``max_tokens``), and the first whose replies are
+    surgical (``regimes.classify_text``) at least as often as the unsteered model's own greedy
+    replies wins (a small model decoded greedily loops by itself); if none does, the smallest,
+    with ``held`` False. ``unsteered``: their regimes, filled by the first call and reused.
+    Returns ``strength``, ``held``, ``unsteered_surgical`` and the ``tried`` counts."""
+    options = dict(max_tokens=max_tokens, temperature=0, repeat_penalty=1.0, steer_prompt=True,
+                   seed=0)
+    if not unsteered:
+        model.clear()
+        unsteered[:] = [classify_text(model.generate(s["prompt"], **options)) for s in scenarios]
+    allowed = len(scenarios) - unsteered.count("surgical")      # loops the model makes anyway
+    tried = {}
+    for factor in STOCK_FACTORS:
+        candidate = round(strength * factor, 4)
+        model.steer({name: candidate}, steer_prompt=True)
+        failed = 0
+        for i, scenario in enumerate(scenarios):
+            failed += classify_text(model.generate(scenario["prompt"], **options)) != "surgical"
+            if progress:
+                progress(f"{name} {candidate:g} stock", i + 1, len(scenarios))
+            if failed > allowed:                     # cannot hold any more: stop early
+                break
+        tried[strength_key(candidate)] = {"failed": failed, "answered": i + 1}
+        if failed <= allowed:
+            break
+    model.clear()
+    return {"strength": candidate, "held": failed <= allowed, "tried": tried,
+            "unsteered_surgical": len(scenarios) - allowed, "requests": len(scenarios),
+            "max_tokens": max_tokens}
+
+
 def _usable(row: dict) -> bool:
     return (row["on_task_share"] is not None and row["on_task_share"] >= ON_TASK_MIN
             and row["coherent_share"] >= COHERENT_MIN)
@@ -242,11 +300,14 @@ def apply_calibration(vector_path: Path | str, strength: float, info: dict | Non
     Each tensor becomes its unit direction × ``strength`` × that layer's ``residual_norm``, so
     stock llama.cpp at scale 1.0 steers at the new strength. Metadata ``strength`` and
     ``direction_scale`` follow; ``calibrated`` = true and ``calibration_*`` keys record the
-    evidence from ``info`` (a :func:`calibrate` entry). All other metadata, the layers and the
-    model hint stay as they were. Writes ``output`` if given, else the file itself (atomically).
+    evidence from ``info`` (a :func:`calibrate` entry). When ``info`` has a ``stock`` strength
+    below ``strength`` (:func:`stock_strength`), the tensors sit at that one and ``strength``
+    becomes the file's ``reply_strength``, the one edgeemo's reply-only steering uses. All other
+    metadata, the layers and the model hint stay as they were. Writes ``output`` if given, else
+    the file itself (atomically).
     """
     vec = ControlVector.from_gguf(vector_path)
-    previous = vec.metadata.get("strength")
+    previous = recommended_strength(vec)
     info = info or {}
     extra = {
         "calibration_previous_strength": previous,
@@ -264,7 +325,21 @@ def apply_calibration(vector_path: Path | str, strength: float, info: dict | Non
         if info.get("verified") else None,
     }
     extra = {k: (float(v) if isinstance(v, float) else v) for k, v in extra.items() if v is not None}
-    return at_strength(vec, strength, calibrated=True, **extra).to_gguf(output or vector_path)
+    return with_stock(vec, strength, info.get("stock"), calibrated=True,
+                      **extra).to_gguf(output or vector_path)
+
+
+def with_stock(vec: ControlVector, strength: float, stock: dict | None,
+               **metadata) -> ControlVector:
+    """``vec`` steering replies at ``strength``, its tensors at ``stock["strength"]`` (a
+    :func:`stock_strength` result) when that is lower, with ``calibration_stock_held`` (dropped
+    without ``stock``: it spoke of another strength)."""
+    if not stock:
+        vec = dataclasses.replace(vec, metadata={k: v for k, v in vec.metadata.items()
+                                                 if k != "calibration_stock_held"})
+        return at_strength(vec, strength, **metadata)
+    return at_strength(vec, min(strength, stock["strength"]), reply_strength=strength,
+                       calibration_stock_held=stock["held"], **metadata)
 
 
 def vector_sources(runtime, names: Sequence[str], *, prebuilt: bool = False,

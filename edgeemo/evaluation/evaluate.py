@@ -33,7 +33,7 @@ from .. import emotions as emotions_mod
 from .. import models
 from ..errors import EdgeemoError
 from ..steer import EmotionModel
-from ..vectors import check_strength
+from ..vectors import check_strength, recommended_strength
 from .judges import EMPATH_MAP, JUDGES, MARGINS, chance_margin
 from .ontask import ON_TASK_THRESHOLD, on_task_scores
 from .prompts import select_scenarios
@@ -267,14 +267,15 @@ def _judge_pairs(judge, pairs: list[dict]) -> None:
 def _steered(reply: _Replies, names, strengths, scenarios, runs, base, scorer, progress):
     """Every emotion × strength × run × scenario reply, with its regime and drift (judged
     later)."""
-    runtime = reply.runtime
+    runtime, steer_prompt = reply.runtime, reply.options["steer_prompt"]
     samples: list[dict] = []
     recommended: dict[str, float | None] = {}
     try:
         for name in names:
             for strength in strengths:
-                applied = runtime.steer({name: strength})[name]
-                recommended[name] = runtime.vector(name).metadata.get("strength")
+                applied = runtime.steer({name: strength}, steer_prompt=steer_prompt)[name]
+                recommended[name] = recommended_strength(runtime.vector(name),
+                                                         whole_sequence=steer_prompt)
                 label = f"{name} {strength_key(applied)}"
                 wanted = [(s, run) for run in runs for s in scenarios]
                 for i, (scenario, run) in enumerate(wanted):

@@ -57,7 +57,8 @@ class Job:
             # drop the cached prompt, so the reply is the one a fresh model would give, unless
             # the cache is kept: then only what this steering cannot reuse is dropped)
             keep = self.keep_cache
-            applied = runtime.steer(self.mix, keep_cache=keep) if self.mix else \
+            applied = runtime.steer(self.mix, keep_cache=keep,
+                                    steer_prompt=self.options.steer_prompt) if self.mix else \
                 runtime.clear(keep_cache=keep)
             if isinstance(self.prompt, str):
                 ids = runtime.text_ids(self.prompt)
