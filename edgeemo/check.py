@@ -112,8 +112,9 @@ def vector_bands(model: models.Model, arch: str, n_embd: int, n_layer: int) -> l
             vec = ControlVector.from_gguf(path)
             layers |= set(vec.layers)
             methods.add(str(vec.metadata.get("method", "unknown")))
-            if recommended_strength(vec) is not None:
-                strengths.append(recommended_strength(vec))
+            strength = recommended_strength(vec)
+            if strength is not None:
+                strengths.append(strength)
             try:
                 vec.check_compatible(arch, n_embd, n_layer, model.name)
             except EdgeemoError:

@@ -26,7 +26,7 @@ def main() -> int:
     from edgeemo.emotions import EMOTIONS
     from edgeemo.evaluation import calibration, prompts
     from edgeemo.steer import EmotionModel
-    from edgeemo.vectors import ControlVector, recommended_strength
+    from edgeemo.vectors import recommended_strength
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("vectors", type=Path, help="a directory of <emotion>.gguf files")
@@ -41,7 +41,7 @@ def main() -> int:
     requests = prompts.calibration_prompts("requests")
     started, unsteered, found, files = time.perf_counter(), [], {}, {}
     for name in names:
-        vec = ControlVector.from_gguf(args.vectors / f"{name}.gguf")
+        vec = runtime.vector(name)                      # the file loaded above
         reply = recommended_strength(vec)
         found[name] = {"reply_strength": reply, **calibration.stock_strength(
             runtime, name, reply, requests, unsteered=unsteered)}

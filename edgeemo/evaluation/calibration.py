@@ -93,9 +93,9 @@ def calibrate(model, emotions: Sequence[str], strengths: Sequence[float] = CALIB
         chosen = _calibrate_readers(model, emotions, strengths, scenarios, seed=seed,
                                     seeds=seeds, max_tokens=max_tokens, verify=verify,
                                     progress=progress, readers=readers)
-        unsteered: list = []
-        for name, info in chosen.items() if stock else ():
-            if info["strength"] is not None:
+        unsteered: list = []                 # the unsteered stock replies, made once for all
+        for name, info in chosen.items():
+            if stock and info["strength"] is not None:
                 info["stock"] = stock_strength(model, name, info["strength"], scenarios,
                                                unsteered=unsteered, progress=progress)
         return chosen
